@@ -1,0 +1,287 @@
+"""Typed experiment configuration: a tree of dataclasses, YAML files that hold values, `key=value` overrides.
+
+Every setting is a dataclass field with a default and a one-line comment. A YAML file under `configs/` names only
+the values it changes; `load_config(path, ["train.lr=1e-5", ...])` merges file and overrides over the defaults,
+converts each value to its field's type and runs `validate()`, so a typo or a bad value fails at start-up with one
+line that names the key.
+
+Sections grow with the package (data, synth, probe, teacher, ...); `ExperimentConfig` is the root.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is wrong; the message names the key."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SynthConfig:
+    """SynthRooms: the procedural benchmark written in the ScanNet posed-image layout."""
+
+    scenes: int = 40  # number of rooms to generate
+    frames: int = 16  # frames rendered per room (the scan's full frame list)
+    width: int = 224  # colour and depth width in pixels
+    height: int = 224  # colour and depth height in pixels
+    seed: int = 0  # master seed: the same seed gives byte-identical files
+    val_fraction: float = 0.25  # fraction of rooms in the val split (at least one)
+    invalid_pose_frames: int = 1  # frames per room written with an all -inf pose, as real ScanNet has
+
+    def validate(self) -> None:
+        _check(self.scenes >= 2, "synth.scenes", "needs at least 2 rooms (one train, one val)")
+        _check(self.frames >= 1, "synth.frames", "must be at least 1")
+        _check(self.width >= 16 and self.height >= 16, "synth.width/height", "images must be at least 16x16")
+        _check(0.0 < self.val_fraction < 1.0, "synth.val_fraction", "must lie in (0, 1)")
+        _check(0 <= self.invalid_pose_frames < self.frames, "synth.invalid_pose_frames",
+               "must be >= 0 and smaller than synth.frames")
+
+
+@dataclass
+class DataConfig:
+    """Where the scenes are and which frames of each scene a model sees."""
+
+    root: str = "demo_out/synthrooms"  # dataset root in the V3D layout (scannet/posed_images, metadata, ...)
+    frames: int = 16  # frames sampled per scene (paper: 32)
+    sampling: Literal["uniform", "max_coverage"] = "uniform"  # frame rule shared by teacher and student
+    coverage_voxel: float = 0.1  # voxel size in metres for max_coverage sampling
+    split: Literal["train", "val"] = "val"  # split used by probe / eval commands
+
+    def validate(self) -> None:
+        _check(self.frames >= 1, "data.frames", "must be at least 1")
+        _check(self.coverage_voxel > 0, "data.coverage_voxel", "must be positive (metres)")
+
+
+@dataclass
+class CorrespondenceConfig:
+    """The multi-view correspondence (3D-awareness) score of METHOD.md."""
+
+    voxel: float = 0.1  # voxel size in metres
+    variant: Literal["pairs", "voxel_mean"] = "pairs"  # paper: mean over pairs; authors' code: per-voxel mean
+    same_frame: bool = False  # also count pairs of tokens from the same frame (authors' code does)
+
+    def validate(self) -> None:
+        _check(self.voxel > 0, "correspondence.voxel", "must be positive (metres)")
+
+
+@dataclass
+class TeacherConfig:
+    """The frozen teacher whose features supervise the student, and its feature cache (`threedrs extract`)."""
+
+    name: str = "geometry"  # registered teacher: vggt | dinov2 | siglip | mae | geometry | appearance
+    checkpoint: str | None = None  # local weights: a VGGT .pt/.safetensors file or a Hugging Face model folder
+    layer: int = -1  # block whose output is exported (negative counts from the end; VGGT default: last)
+    channels: int = 256  # output channels of the weight-free teachers (geometry, appearance)
+    grid: tuple[int, int] | None = None  # student token grid (rows, cols) to pool to; None = from the student
+    batch_frames: int = 32  # frames per teacher forward pass (VGGT sees all frames of a scene at once)
+    cache_dir: str = "runs/cache"  # where per-scene feature files and the manifest are written
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # autocast: auto = bf16 on GPU, fp32 on CPU
+
+    def validate(self) -> None:
+        _check(self.batch_frames >= 1, "teacher.batch_frames", "must be at least 1")
+        _check(self.channels >= 1, "teacher.channels", "must be at least 1")
+        if self.grid is not None:
+            _check(self.grid[0] >= 1 and self.grid[1] >= 1, "teacher.grid", "rows and cols must be >= 1")
+
+
+@dataclass
+class ExperimentConfig:
+    """Root of the configuration tree."""
+
+    name: str = "experiment"  # run name, used in reports
+    output_dir: str = "runs/experiment"  # where a command writes its outputs
+    seed: int = 0  # global random seed
+    data: DataConfig = field(default_factory=DataConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    correspondence: CorrespondenceConfig = field(default_factory=CorrespondenceConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Load a YAML file (or the defaults when `path` is None), apply `key=value` overrides and validate.
+
+    Raises ConfigError with the offending key for unknown keys, wrong types and failed checks.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        values = loaded
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(values, key, value)
+    cfg = from_dict(ExperimentConfig, values)
+    validate(cfg)
+    return cfg
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split `a.b=value` into ("a.b", parsed value); the value is read as YAML (so 3, 1e-5, true, [1,2] work)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=1e-5)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a (nested) dict, converting each value to the field's annotated type."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ConfigError(f"unknown config key {prefix}{key}{hint}; known: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in values:
+            continue
+        kwargs[name] = _convert(values[name], hints[name], f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain nested dicts and lists (for YAML dumps and manifests)."""
+    out = dataclasses.asdict(cfg)
+    return _plain(out)
+
+
+def dump_yaml(cfg: Any) -> str:
+    """The config as YAML text, every field written out."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def validate(cfg: Any) -> None:
+    """Run `validate()` on every dataclass in the tree (depth first)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            validate(value)
+    check = getattr(cfg, "validate", None)
+    if callable(check):
+        check()
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = values
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to annotated type `tp`, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value if value is not None else {}, prefix=f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(a) for a in args)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+            return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        seq = [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(seq) if origin is tuple else seq
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported config type {tp!r}")

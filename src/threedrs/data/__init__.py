@@ -1,0 +1,1 @@
+"""Scenes on disk (ScanNet posed-image layout), frame sampling, benchmark readers and SynthRooms."""

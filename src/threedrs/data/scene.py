@@ -1,0 +1,213 @@
+"""Reader of scenes in the ScanNet posed-image layout (real ScanNet as exported for Video-3D LLM, or SynthRooms).
+
+Layout under a dataset root (FORMATS.md §1.3b, §1.6, §2.1):
+```
+<root>/scannet/posed_images/<scene_id>/NNNNN.jpg  .png (uint16 depth, mm)  .txt (4x4 camera-to-world)
+<root>/scannet/posed_images/<scene_id>/intrinsic.txt  depth_intrinsic.txt   (4x4 each)
+<root>/scannet/scans/<scene_id>/<scene_id>.txt   (axisAlignment; optional: identity when absent)
+<root>/scannet/scans/<scene_id>/<scene_id>_vh_clean_2.ply, ...segs.json, .aggregation.json  (objects; optional)
+<root>/metadata/scannetv2_<split>.txt             (scene ids of a split)
+```
+Poses are returned in the AXIS-ALIGNED frame (`A · T_wc`), the frame every box of the benchmarks lives in.
+Frames whose pose has a non-finite entry or a zero first element (ScanNet's own invalid-pose test) are dropped
+and counted, as EmbodiedScan's frame lists do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from threedrs.data.instances import ObjectBox, SceneDataError, read_instances
+
+DEPTH_SHIFT = 1000.0  # depth PNG units per metre (millimetres)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One posed RGB-D frame.
+
+    color: [H, W, 3] uint8 RGB.  depth: [Hd, Wd] float32 metres, 0 = no measurement.
+    pose: [4, 4] float64 camera-to-world (OpenCV camera: x right, y down, z forward) in the axis-aligned frame.
+    """
+
+    frame_id: str
+    color: np.ndarray
+    depth: np.ndarray
+    pose: np.ndarray
+
+
+@dataclass(frozen=True)
+class FrameBatch:
+    """S frames of one scene as tensors, ready for a teacher, a student or the geometry.
+
+    images: [S, 3, H, W] float32 in [0, 1].  depth: [S, Hd, Wd] float32 metres (0 = invalid).
+    poses: [S, 4, 4] float64 aligned camera-to-world.  color_K / depth_K: [3, 3] float64 pixel intrinsics of the
+    colour and depth images.
+    """
+
+    scene_id: str
+    frame_ids: list[str]
+    images: torch.Tensor
+    depth: torch.Tensor
+    poses: torch.Tensor
+    color_K: torch.Tensor
+    depth_K: torch.Tensor
+
+
+def read_matrix(path: Path, rows: int = 4) -> np.ndarray:
+    """A whitespace-separated text matrix (`rows` x 4) as float64; '-inf' entries are kept."""
+    if not path.is_file():
+        raise SceneDataError(f"{path}: file not found")
+    try:
+        values = np.array(path.read_text().split(), dtype=np.float64)
+    except ValueError:
+        raise SceneDataError(f"{path}: not a text matrix of numbers") from None
+    if values.size != rows * 4:
+        raise SceneDataError(f"{path}: expected {rows * 4} numbers, found {values.size}")
+    return values.reshape(rows, 4)
+
+
+def read_intrinsics(path: Path) -> np.ndarray:
+    """The [3, 3] pixel intrinsics from a 4x4 ScanNet intrinsic file; refuses non-finite or non-positive focals."""
+    K = read_matrix(path)[:3, :3]
+    if not np.isfinite(K).all():
+        raise SceneDataError(f"{path}: non-finite intrinsics")
+    if K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise SceneDataError(f"{path}: focal lengths must be positive, got fx={K[0, 0]}, fy={K[1, 1]}")
+    return K
+
+
+def read_axis_alignment(meta_path: Path) -> np.ndarray:
+    """The 4x4 `axisAlignment` of a scan's `<scene_id>.txt`; identity when the file or the key is absent."""
+    if not meta_path.is_file():
+        return np.eye(4)
+    for line in meta_path.read_text().splitlines():
+        if line.strip().startswith("axisAlignment"):
+            try:
+                values = np.array(line.split("=", 1)[1].split(), dtype=np.float64)
+            except (IndexError, ValueError):
+                raise SceneDataError(f"{meta_path}: malformed axisAlignment line") from None
+            if values.size != 16 or not np.isfinite(values).all():
+                raise SceneDataError(f"{meta_path}: axisAlignment needs 16 finite numbers, found {values.size}")
+            return values.reshape(4, 4)
+    return np.eye(4)
+
+
+def is_valid_pose(pose: np.ndarray) -> bool:
+    """ScanNet's invalid-pose test: all entries finite and the first one non-zero."""
+    return bool(np.isfinite(pose).all() and pose[0, 0] != 0)
+
+
+def read_color(path: Path) -> np.ndarray:
+    """A colour image as [H, W, 3] uint8 RGB."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise SceneDataError(f"{path}: colour image not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise SceneDataError(f"{path}: corrupt or unreadable colour image ({exc})") from None
+
+
+def read_depth(path: Path) -> np.ndarray:
+    """A 16-bit depth PNG in millimetres as [H, W] float32 metres (0 stays 0 = invalid)."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("I;16", "I;16B", "I;16L", "I"):
+                raise SceneDataError(f"{path}: depth must be a 16-bit single-channel PNG in mm, got mode {img.mode}")
+            raw = np.asarray(img)
+    except FileNotFoundError:
+        raise SceneDataError(f"{path}: depth image not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise SceneDataError(f"{path}: corrupt or unreadable depth image ({exc})") from None
+    if raw.min(initial=0) < 0 or raw.max(initial=0) > 65535:
+        raise SceneDataError(f"{path}: depth values outside the 16-bit range")
+    return raw.astype(np.float32) / DEPTH_SHIFT
+
+
+class Scene:
+    """One scan: its valid frames, intrinsics, axis alignment and (when annotated) its objects.
+
+    Opening a scene reads only the small text files (poses, intrinsics, alignment); images are read on demand.
+    """
+
+    def __init__(self, root: str | Path, scene_id: str):
+        self.root = Path(root)
+        self.scene_id = scene_id
+        self.frame_dir = self.root / "scannet" / "posed_images" / scene_id
+        self.scan_dir = self.root / "scannet" / "scans" / scene_id
+        if not self.frame_dir.is_dir():
+            raise SceneDataError(f"{self.frame_dir}: scene folder not found")
+        self.color_K = read_intrinsics(self.frame_dir / "intrinsic.txt")
+        self.depth_K = read_intrinsics(self.frame_dir / "depth_intrinsic.txt")
+        self.axis_align = read_axis_alignment(self.scan_dir / f"{scene_id}.txt")
+        names = sorted(p.stem for p in self.frame_dir.glob("*.jpg") if p.stem.isdigit())
+        self._poses: dict[str, np.ndarray] = {}
+        self.invalid_frame_ids: list[str] = []
+        for name in names:
+            pose = read_matrix(self.frame_dir / f"{name}.txt")
+            if is_valid_pose(pose):
+                self._poses[name] = self.axis_align @ pose
+            else:
+                self.invalid_frame_ids.append(name)
+        self.frame_ids: list[str] = list(self._poses)
+        if not self.frame_ids:
+            found = f"{len(names)} frames, all with invalid poses" if names else "no NNNNN.jpg frames"
+            raise SceneDataError(f"{self.frame_dir}: no usable frames ({found})")
+
+    def __repr__(self) -> str:
+        return (f"Scene({self.scene_id!r}, frames={len(self.frame_ids)}, "
+                f"invalid={len(self.invalid_frame_ids)})")
+
+    def pose(self, frame_id: str) -> np.ndarray:
+        """[4, 4] float64 aligned camera-to-world of a valid frame."""
+        try:
+            return self._poses[frame_id]
+        except KeyError:
+            raise SceneDataError(f"{self.scene_id}: no valid frame {frame_id!r}") from None
+
+    def load_frame(self, frame_id: str) -> Frame:
+        """Read one valid frame's colour, depth and pose."""
+        pose = self.pose(frame_id)
+        return Frame(frame_id, read_color(self.frame_dir / f"{frame_id}.jpg"),
+                     read_depth(self.frame_dir / f"{frame_id}.png"), pose)
+
+    def load_frames(self, frame_ids: list[str]) -> FrameBatch:
+        """Read S frames (all of one size) into a FrameBatch; an empty list is an error."""
+        if not frame_ids:
+            raise SceneDataError(f"{self.scene_id}: empty frame list")
+        frames = [self.load_frame(f) for f in frame_ids]
+        if len({f.color.shape for f in frames}) != 1 or len({f.depth.shape for f in frames}) != 1:
+            raise SceneDataError(f"{self.frame_dir}: frames of different sizes cannot be batched")
+        images = torch.from_numpy(np.stack([f.color for f in frames])).permute(0, 3, 1, 2).float().div_(255.0)
+        return FrameBatch(
+            scene_id=self.scene_id,
+            frame_ids=list(frame_ids),
+            images=images,
+            depth=torch.from_numpy(np.stack([f.depth for f in frames])),
+            poses=torch.from_numpy(np.stack([f.pose for f in frames])),
+            color_K=torch.from_numpy(self.color_K.copy()),
+            depth_K=torch.from_numpy(self.depth_K.copy()),
+        )
+
+    @cached_property
+    def objects(self) -> list[ObjectBox]:
+        """Annotated objects with aligned boxes, from the scan's mesh/segments/aggregation files."""
+        return read_instances(self.scan_dir, self.scene_id, self.axis_align)
+
+
+def split_scene_ids(root: str | Path, split: str) -> list[str]:
+    """Scene ids listed in `<root>/metadata/scannetv2_<split>.txt` (one per line)."""
+    path = Path(root) / "metadata" / f"scannetv2_{split}.txt"
+    if not path.is_file():
+        raise SceneDataError(f"{path}: split list not found (is {root} a dataset root?)")
+    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise SceneDataError(f"{path}: split list is empty")
+    return ids

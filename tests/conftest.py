@@ -1,0 +1,9 @@
+"""Test setup: offline Hugging Face, the tests folder importable (shared file writers), deterministic torch."""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
