@@ -1,0 +1,1 @@
+"""Adapters over Hugging Face MLLMs that expose per-frame visual-token grids."""
