@@ -1,0 +1,170 @@
+"""The Teacher contract shared by every feature teacher, and the registry that builds teachers by name.
+
+A teacher turns the frames of one scene into a grid of feature tokens per frame:
+``encode(images [S, 3, H, W] float in [0, 1], frames) -> tokens [S, h, w, C]``, where ``frames`` (the same
+frames' depth, intrinsics and poses) is only needed by teachers that use geometry. Teachers are frozen (no
+parameter requires grad, the module stays in eval mode) and always run under ``torch.no_grad()``; each
+applies its own preprocessing (resize, normalisation), so callers hand over raw frames.
+
+Teachers register themselves with ``@register_teacher("name")`` when their module is imported;
+``build_teacher(name, **options)`` first imports every module of the ``threedrs.teachers`` package so that
+all built-in teachers are known.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from threedrs.data.scene import FrameBatch
+
+__all__ = [
+    "Teacher",
+    "build_teacher",
+    "check_images",
+    "file_sha256",
+    "known_teachers",
+    "register_teacher",
+]
+
+
+def check_images(images: Tensor) -> None:
+    """Raise ValueError unless ``images`` is a non-empty float tensor [S, 3, H, W] with values in [0, 1]."""
+    if not isinstance(images, Tensor):
+        raise ValueError(f"images must be a torch.Tensor [S, 3, H, W], got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3 or images.numel() == 0:
+        raise ValueError(f"images must have shape [S, 3, H, W] with S, H, W >= 1, got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be a float tensor with values in [0, 1], got dtype {images.dtype}")
+    low, high = torch.aminmax(images.detach())
+    if low.item() < 0.0 or high.item() > 1.0:
+        raise ValueError(f"images must hold values in [0, 1], got range [{low.item():.4g}, {high.item():.4g}]")
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 16 MiB chunks (weights files are several GB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Teacher(nn.Module, ABC):
+    """A frozen feature extractor: frames of one scene -> a token grid per frame.
+
+    Subclasses set the class attribute ``name`` (the registry name), implement ``channels``,
+    ``patch_size``, ``grid_for``, ``weights_checksum``, ``describe`` and ``_encode``, and call
+    ``self.freeze()`` at the end of their ``__init__``. ``train()`` keeps the module in eval mode whatever it
+    is asked, so a teacher held inside a model being trained never switches to training behaviour.
+    """
+
+    name: str = ""
+
+    @property
+    @abstractmethod
+    def channels(self) -> int:
+        """C, the number of feature channels of each token."""
+
+    @property
+    @abstractmethod
+    def patch_size(self) -> int:
+        """Side of one token's square footprint on the teacher's preprocessed input, in pixels."""
+
+    @abstractmethod
+    def grid_for(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w): the token grid that ``encode`` returns for input frames of ``height`` x ``width`` pixels."""
+
+    @property
+    @abstractmethod
+    def weights_checksum(self) -> str:
+        """Identity of the weights for the cache manifest: sha256 of the weights file, "none" if weight-free."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line for reports saying what the teacher is (model, layer, weights; oracle or learned)."""
+
+    @abstractmethod
+    def _encode(self, images: Tensor, frames: FrameBatch | None = None) -> Tensor:
+        """Compute tokens [S, h, w, C] from validated images [S, 3, H, W] in [0, 1]; called under no_grad."""
+
+    def freeze(self) -> None:
+        """Turn off gradients for every parameter and put the module in eval mode."""
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> Teacher:
+        """Teachers never train: stay in eval mode whatever ``mode`` is asked for."""
+        return super().train(False)
+
+    def encode(self, images: Tensor, frames: FrameBatch | None = None) -> Tensor:
+        """Tokens of each frame.
+
+        Args:
+            images: [S, 3, H, W] float RGB in [0, 1], the S frames of one scene (frame order matters for
+                multi-view teachers).
+            frames: depth, intrinsics and poses of the same S frames, for teachers that need geometry.
+
+        Returns:
+            [S, h, w, C] with (h, w) = ``grid_for(H, W)`` and C = ``channels``, on the teacher's device; the
+            dtype follows the computation (float32, or the dtype of the caller's autocast).
+        """
+        check_images(images)
+        with torch.no_grad():
+            return self._encode(images, frames)
+
+    def encode_with_validity(self, images: Tensor, frames: FrameBatch | None = None) -> tuple[Tensor, Tensor]:
+        """(tokens [S, h, w, C] as ``encode``, valid [S, h, w] bool): which tokens have a target.
+
+        Every token is valid unless a teacher says otherwise (the geometry oracle has no target where a
+        patch holds no valid depth).
+        """
+        tokens = self.encode(images, frames)
+        return tokens, torch.ones(tokens.shape[:3], dtype=torch.bool, device=tokens.device)
+
+
+TeacherT = TypeVar("TeacherT", bound=type[Teacher])
+
+_REGISTRY: dict[str, Callable[..., Teacher]] = {}
+
+
+def register_teacher(name: str) -> Callable[[TeacherT], TeacherT]:
+    """Class decorator: make a Teacher subclass buildable as ``build_teacher(name, **options)``."""
+
+    def decorate(cls: TeacherT) -> TeacherT:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"teacher name {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def _import_teacher_modules() -> None:
+    """Import every module of the threedrs.teachers package so that its teachers are registered."""
+    package = importlib.import_module(__package__ or "threedrs.teachers")
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+def known_teachers() -> list[str]:
+    """Sorted names of all registered teachers (built-in ones included)."""
+    _import_teacher_modules()
+    return sorted(_REGISTRY)
+
+
+def build_teacher(name: str, **options: object) -> Teacher:
+    """Build the teacher registered as ``name`` with keyword ``options`` (see each teacher's __init__)."""
+    names = known_teachers()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown teacher {name!r}; known teachers: {', '.join(names)}")
+    return _REGISTRY[name](**options)
