@@ -1,0 +1,128 @@
+"""Which frames of a scan a model sees: one rule, one frame list per scene, shared by teacher and student.
+
+Rules (METHOD.md, FORMATS.md §1.8):
+- `uniform`: `numpy.linspace(0, n - 1, k)` cast to int over the scan's VALID frames (duplicates when n < k),
+  exactly as Video-3D LLM and 3DRS sample 32 frames;
+- `max_coverage`: greedily add the frame that covers the most not-yet-covered voxels (0.1 m by default) of the
+  depth back-projected into the aligned world, as Video-3D LLM's maximum-coverage selection; once no frame adds a
+  voxel, the remaining slots are filled uniformly from the unused frames; the chosen frames are returned in
+  temporal order.
+
+`FrameLists` computes the list of each scene once and stores it in a JSON file, so that `threedrs extract` (the
+teacher) and the training dataset (the student) read the very same frames — the authors' release sampled them
+twice, from different lists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from threedrs.data.instances import SceneDataError
+from threedrs.data.scene import Scene, read_depth
+from threedrs.geometry import depth_to_world, voxel_keys
+
+RULES = ("uniform", "max_coverage")
+
+
+def uniform_indices(n: int, k: int) -> list[int]:
+    """`k` indices spread over `n` frames: `linspace(0, n - 1, k)` floored (duplicates when n < k)."""
+    if n < 1:
+        raise ValueError(f"n: need at least one frame to sample from, got {n}")
+    if k < 1:
+        raise ValueError(f"k: need to sample at least one frame, got {k}")
+    return np.linspace(0, n - 1, k).astype(int).tolist()
+
+
+def greedy_coverage(voxel_sets: list[np.ndarray], k: int) -> list[int]:
+    """Greedy maximum coverage: indices (in selection order) of at most `k` sets covering the most elements.
+
+    voxel_sets: per candidate frame a 1-D int64 array of unique voxel keys. Stops early when no set adds anything.
+    Ties go to the earliest frame.
+    """
+    covered: set[int] = set()
+    remaining = [set(v.tolist()) for v in voxel_sets]
+    chosen: list[int] = []
+    for _ in range(min(k, len(remaining))):
+        gains = [len(s - covered) if i not in chosen else -1 for i, s in enumerate(remaining)]
+        best = int(np.argmax(gains))
+        if gains[best] <= 0:
+            break
+        chosen.append(best)
+        covered |= remaining[best]
+    return chosen
+
+
+def frame_voxels(scene: Scene, frame_id: str, voxel_size: float, stride: int = 4) -> np.ndarray:
+    """Unique voxel keys [V] int64 of one frame's valid depth pixels (every `stride`-th pixel) in the aligned world."""
+    depth = torch.from_numpy(read_depth(scene.frame_dir / f"{frame_id}.png")[::stride, ::stride].copy())
+    K = torch.from_numpy(scene.depth_K.copy())
+    K[:2] /= stride  # intrinsics of the strided image (pixel centres at multiples of stride)
+    world, valid = depth_to_world(depth[None].double(), K, torch.from_numpy(scene.pose(frame_id))[None])
+    return torch.unique(voxel_keys(world[valid], voxel_size)).numpy()
+
+
+def max_coverage_indices(scene: Scene, k: int, voxel_size: float = 0.1) -> list[int]:
+    """Indices into `scene.frame_ids` chosen by maximum voxel coverage, `k` of them, in temporal order."""
+    n = len(scene.frame_ids)
+    if k >= n:
+        return uniform_indices(n, k)
+    sets = [frame_voxels(scene, f, voxel_size) for f in scene.frame_ids]
+    chosen = greedy_coverage(sets, k)
+    if len(chosen) < k:
+        unused = [i for i in range(n) if i not in chosen]
+        chosen += [unused[j] for j in uniform_indices(len(unused), k - len(chosen))]
+    return sorted(chosen)
+
+
+def select_frames(scene: Scene, rule: str, k: int, voxel_size: float = 0.1) -> list[str]:
+    """The `k` frame ids of `scene` chosen by `rule` ("uniform" or "max_coverage")."""
+    if rule == "uniform":
+        idx = uniform_indices(len(scene.frame_ids), k)
+    elif rule == "max_coverage":
+        idx = max_coverage_indices(scene, k, voxel_size)
+    else:
+        raise ValueError(f"rule: unknown frame sampling rule {rule!r}; known: {', '.join(RULES)}")
+    return [scene.frame_ids[i] for i in idx]
+
+
+class FrameLists:
+    """The frame list of every scene for one (rule, k), computed once and kept in a JSON file.
+
+    path: JSON file `{"rule": ..., "frames": k, "voxel": ..., "scenes": {scene_id: [frame ids]}}`; created or
+    extended on demand; a file written for another rule or k is refused.
+    """
+
+    def __init__(self, path: str | Path, root: str | Path, rule: str, k: int, voxel_size: float = 0.1):
+        if rule not in RULES:
+            raise ValueError(f"rule: unknown frame sampling rule {rule!r}; known: {', '.join(RULES)}")
+        self.path, self.root = Path(path), Path(root)
+        self.rule, self.k, self.voxel_size = rule, k, voxel_size
+        self._lists: dict[str, list[str]] = {}
+        if self.path.is_file():
+            data = json.loads(self.path.read_text())
+            stored = (data.get("rule"), data.get("frames"), data.get("voxel"))
+            if stored != (rule, k, voxel_size):
+                raise SceneDataError(f"{self.path}: frame lists were made for rule={stored[0]}, frames={stored[1]}, "
+                                     f"voxel={stored[2]}, not rule={rule}, frames={k}, voxel={voxel_size}")
+            self._lists = {s: list(v) for s, v in data["scenes"].items()}
+
+    def __call__(self, scene: Scene | str) -> list[str]:
+        """The frame ids of a scene (computed and saved on first request)."""
+        scene_id = scene if isinstance(scene, str) else scene.scene_id
+        if scene_id not in self._lists:
+            obj = Scene(self.root, scene_id) if isinstance(scene, str) else scene
+            self._lists[scene_id] = select_frames(obj, self.rule, self.k, self.voxel_size)
+            self._save()
+        return self._lists[scene_id]
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"rule": self.rule, "frames": self.k, "voxel": self.voxel_size,
+                                   "scenes": self._lists}, indent=1))
+        tmp.replace(self.path)
