@@ -1,0 +1,294 @@
+"""Adapter base for MLLMs whose visual features replace placeholder tokens (LLaVA-OneVision, LLaVA-NeXT-Video,
+InternVL).
+
+How a forward pass runs (the same for the three families; only the visual block and the encoder differ):
+1. frames [B, S, 3, H, W] in [0, 1] are resized to the vision tower's square input (bicubic, antialiased; every pixel
+   of the frame is kept, no crop, no any-res tiling) and normalised with the checkpoint's image mean/std;
+2. the family's own HF code encodes them (vision tower, projector, pooling / pixel shuffle) into a per-frame grid
+   [B, S, h, w, D] of projected embeddings (+ model-made extras such as LLaVA-OneVision's newline);
+3. `visual_offsets` (e.g. the 3D position encoding) are ADDED to the grid embeddings (never to extras);
+4. the text embeddings of the token sequence (chat.py) get the visual embeddings written at the placeholder
+   positions and the LLM runs on `inputs_embeds` (no fork of transformers: the HF classes are used as they are);
+5. the LM loss is a mean cross-entropy over the answer tokens, computed from logits at those positions only (the
+   full [B, L, vocab] logits are never built); hidden states are gathered at the grid positions.
+
+Layer indices follow the HF `hidden_states` tuple of the LLM: 0 = input embeddings, k = output of decoder layer k,
+num_layers (= -1) = the last layer AFTER the final norm (transformers 5 replaces `hidden_states[-1]` with the
+normed `last_hidden_state`; the adapter reads `last_hidden_state` for it directly). Other layers are pre-norm.
+"""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AutoTokenizer
+
+from threedrs.models.base import (IGNORE_INDEX, AdapterOutput, MLLMAdapter, VisualTokens, check_frames,
+                                  drop_answer_loss)
+from threedrs.models.chat import (ChatTemplate, TokenBatch, VisualBlock, build_batch, check_texts,
+                                  pad_id_of, stop_ids)
+
+CHATML_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def tiny_text_config(vocab_size: int) -> dict:
+    """A 2-layer Qwen2 LLM with hidden size 64 (4 heads, 2 KV heads), as a config dict for a sub-config."""
+    return dict(model_type="qwen2", vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                tie_word_embeddings=False)
+
+
+def checkpoint_config(path: str | Path, model_type: str) -> Path:
+    """Check that `path` is a local HF checkpoint directory of `model_type` (config.json's model_type)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    config = path / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"checkpoint has no config.json: {config}")
+    found = json.loads(config.read_text()).get("model_type")
+    if found != model_type:
+        raise ValueError(f"{config}: model_type is {found!r}, expected {model_type!r}")
+    return path
+
+
+def grid_boxes(row_edges: list[Fraction], col_edges: list[Fraction], height: int, width: int) -> Tensor:
+    """Pixel boxes of a token grid in a frame of `height` x `width` pixels.
+
+    row_edges / col_edges: h+1 / w+1 increasing fractions of the frame (0 first, 1 last) where token rows / columns
+    start and end. Returns [h, w, 4] int64 (x0, y0, x1, y1), half-open; the boxes tile the frame exactly and none is
+    empty (a frame smaller than the grid is refused).
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"frame size: expected positive height and width, got {height} x {width}")
+    h, w = len(row_edges) - 1, len(col_edges) - 1
+    if height < h or width < w:
+        raise ValueError(f"frame size: {height} x {width} is smaller than the {h} x {w} token grid")
+    ys = torch.tensor([int(f * height) for f in row_edges], dtype=torch.long)
+    xs = torch.tensor([int(f * width) for f in col_edges], dtype=torch.long)
+    y0, y1 = ys[:-1, None].expand(h, w), ys[1:, None].expand(h, w)
+    x0, x1 = xs[None, :-1].expand(h, w), xs[None, 1:].expand(h, w)
+    return torch.stack([x0, y0, x1, y1], dim=-1)
+
+
+def pooled_edges(patches: int, stride: int) -> list[Fraction]:
+    """Edges (fractions of the frame) of tokens that each pool `stride` patches of a `patches`-patch row.
+
+    A remainder of patches the pooling drops (floor) is given to the last token so that the boxes tile the frame.
+    """
+    count = patches // stride
+    return [Fraction(k * stride, patches) for k in range(count)] + [Fraction(1)]
+
+
+class PlaceholderAdapter(MLLMAdapter):
+    """Base of the placeholder-token adapters; subclasses supply the family's block, encoder and parts.
+
+    Subclass hooks: `model_type` (config.json's model_type), `_frame_side` (vision input side, pixels),
+    `token_grid`, `_edges()`, `_visual_block(num_frames)`, `_encode(pixels) -> (grid [B,S,h,w,D], extra [B,n,D])`
+    and `_part_modules()`.
+    """
+
+    model_type: str = ""  # config.json's model_type of the family's checkpoints
+    model_class: type  # the HF ...ForConditionalGeneration class
+    processor_class: type  # its PIL image processor (mean / std; saved with the model)
+
+    def __init__(self, model: nn.Module, tokenizer, image_processor, chat: ChatTemplate | None = None):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.chat = chat or ChatTemplate()
+        mean = torch.tensor(image_processor.image_mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(image_processor.image_std, dtype=torch.float32).view(3, 1, 1)
+        self.register_buffer("pixel_mean", mean, persistent=False)
+        self.register_buffer("pixel_std", std, persistent=False)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None, chat: ChatTemplate | None = None,
+                        attn_implementation: str | None = None) -> PlaceholderAdapter:
+        """Load model, tokenizer and image-processor config from a LOCAL checkpoint directory (no downloads).
+
+        dtype: parameter dtype (None: the checkpoint's own); attn_implementation: e.g. "sdpa" (None: HF default).
+        """
+        path = checkpoint_config(path, cls.model_type)
+        kwargs = {"dtype": dtype if dtype is not None else "auto", "local_files_only": True}
+        if attn_implementation is not None:
+            kwargs["attn_implementation"] = attn_implementation
+        model = cls.model_class.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        processor = cls.processor_class.from_pretrained(path, local_files_only=True)
+        return cls(model.eval(), tokenizer, processor, chat)
+
+    # ----------------------------------------------------------------- family hooks
+    @property
+    def _frame_side(self) -> int:
+        raise NotImplementedError
+
+    def _edges(self) -> tuple[list[Fraction], list[Fraction]]:
+        raise NotImplementedError
+
+    def _visual_block(self, num_frames: int) -> VisualBlock:
+        raise NotImplementedError
+
+    def _encode(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _part_modules(self) -> dict[str, list[nn.Module | nn.Parameter]]:
+        raise NotImplementedError
+
+    def placeholder_ids(self) -> list[int]:
+        """Visual placeholder / marker token ids; generation never emits them."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- contract
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.text_config.hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        """Number of LLM decoder layers (layer index num_layers = -1 is the normed last layer)."""
+        return int(self.model.config.text_config.num_hidden_layers)
+
+    def footprints(self, height: int, width: int) -> Tensor:
+        """[h, w, 4] int64 (x0, y0, x1, y1) half-open pixel boxes of each token in a `height` x `width` frame."""
+        rows, cols = self._edges()
+        return grid_boxes(rows, cols, height, width)
+
+    def parts(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by part ("vision", "projector", "llm"); every parameter is in exactly one part."""
+        seen: set[int] = set()
+        out: dict[str, list[nn.Parameter]] = {}
+        for name, items in self._part_modules().items():
+            params = []
+            for item in items:
+                for p in ([item] if isinstance(item, nn.Parameter) else item.parameters()):
+                    if id(p) not in seen:
+                        seen.add(id(p))
+                        params.append(p)
+            out[name] = params
+        return out
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write model, tokenizer and image-processor config to `directory` (loadable by `from_pretrained`)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        self.image_processor.save_pretrained(directory)
+
+    def pixels(self, frames: Tensor) -> Tensor:
+        """Frames [B, S, 3, H, W] in [0, 1] -> normalised model input [B, S, 3, side, side] in the vision dtype."""
+        b, s, h, w = check_frames(frames)
+        if frames.numel():
+            low, high = torch.aminmax(frames)
+            if low < 0 or high > 1:
+                raise ValueError("frames: values must lie in [0, 1]")
+        side = self._frame_side
+        x = frames.to(self.pixel_mean.device, torch.float32).reshape(b * s, 3, h, w)
+        if (h, w) != (side, side):
+            x = F.interpolate(x, size=(side, side), mode="bicubic", antialias=True, align_corners=False)
+            x = x.clamp(0.0, 1.0)
+        x = (x - self.pixel_mean) / self.pixel_std
+        dtype = next(self.model.model.vision_tower.parameters()).dtype
+        return x.to(dtype).reshape(b, s, 3, side, side)
+
+    def _inputs(self, frames: Tensor, prompts, answers, visual_offsets: Tensor | None,
+                padding_side: str) -> tuple[TokenBatch, Tensor]:
+        """Token batch and LLM input embeddings [B, L, D] with the visual embeddings (+ offsets) in place."""
+        b, s, h, w = check_frames(frames)
+        prompts = check_texts("prompts", prompts, b)
+        answers = None if answers is None else check_texts("answers", answers, b)
+        gh, gw = self.token_grid(h, w)
+        if visual_offsets is not None and tuple(visual_offsets.shape) != (b, s, gh, gw, self.hidden_size):
+            raise ValueError(f"visual_offsets: expected shape {(b, s, gh, gw, self.hidden_size)}, "
+                             f"got {tuple(visual_offsets.shape)}")
+        tokens = build_batch(self.tokenizer, self.chat, self._visual_block(s), prompts, answers, padding_side)
+        embed = self.model.get_input_embeddings()
+        device = embed.weight.device
+        grid, extra = self._encode(self.pixels(frames))
+        if visual_offsets is not None:
+            grid = grid + visual_offsets.to(grid.device, grid.dtype)
+        input_ids = tokens.input_ids.to(device)
+        embeds = embed(input_ids)
+        rows = torch.arange(b, device=device)[:, None]
+        embeds = embeds.index_put((rows.expand_as(tokens.grid_index), tokens.grid_index.to(device)),
+                                  grid.reshape(b, s * gh * gw, -1).to(embeds.dtype))
+        if extra.shape[1]:
+            embeds = embeds.index_put((rows.expand_as(tokens.extra_index), tokens.extra_index.to(device)),
+                                      extra.to(embeds.dtype))
+        return tokens, embeds
+
+    def _check_layers(self, layers) -> list[int]:
+        layers = list(layers)
+        total = self.num_layers + 1
+        bad = [k for k in layers if not isinstance(k, int) or not -total <= k < total]
+        if bad or not layers:
+            raise ValueError(f"layers: expected indices in [-{total}, {total - 1}] (0 = embeddings, -1 = last "
+                             f"layer after the final norm), got {list(layers)}")
+        return layers
+
+    def forward(self, frames: Tensor, prompts, answers=None, layers=(-1,),
+                visual_offsets: Tensor | None = None, answer_loss=None) -> AdapterOutput:
+        """Run the MLLM on frames [B, S, 3, H, W] in [0, 1] and B prompts (and answers).
+
+        Returns the mean answer-token cross-entropy (None without answers), the hidden states [B, S, h, w, D] at the
+        grid tokens for each of `layers`, the normed last-layer states [B, L, D] and the input ids [B, L];
+        extras: "attention_mask" [B, L], "visual_index" [B, S*h*w] (grid-token positions, frame/row/col order) and,
+        with answers, "labels" [B, L] (IGNORE_INDEX except the answer tokens). `answer_loss` (B bools): False keeps
+        that sample's answer as input only (lm_loss is None when no answer token is supervised).
+        """
+        layers = self._check_layers(layers)
+        b, s, h, w = check_frames(frames)
+        tokens, embeds = self._inputs(frames, prompts, answers, visual_offsets, "right")
+        device = embeds.device
+        mask = tokens.attention_mask.to(device)
+        last = self.num_layers
+        need_all = any(k % (last + 1) != last for k in layers)
+        out = self.model.model.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
+                                              output_hidden_states=need_all)
+        states = out.last_hidden_state
+        gh, gw = self.token_grid(h, w)
+        index = tokens.grid_index.to(device)
+        rows = torch.arange(b, device=device)[:, None]
+        hidden = {}
+        for k in layers:
+            layer = states if k % (last + 1) == last else out.hidden_states[k]
+            hidden[k] = layer[rows, index].reshape(b, s, gh, gw, -1)
+        loss = None
+        labels = None if tokens.labels is None else drop_answer_loss(tokens.labels.to(device), answer_loss)
+        if labels is not None and (answer_loss is None or any(answer_loss)):
+            loss = self._answer_loss(states, labels)
+        foot = self.footprints(h, w).to(frames.device).unsqueeze(0).repeat(s, 1, 1, 1)
+        extras = {"attention_mask": mask, "visual_index": index}
+        if labels is not None:
+            extras["labels"] = labels
+        return AdapterOutput(lm_loss=loss, visual=VisualTokens(hidden=hidden, footprint=foot), last_hidden=states,
+                             input_ids=tokens.input_ids.to(device), extras=extras)
+
+    def _answer_loss(self, states: Tensor, labels: Tensor) -> Tensor:
+        """Mean next-token cross-entropy over positions whose label is not IGNORE_INDEX (logits only there)."""
+        target = labels[:, 1:]
+        b_idx, t_idx = (target != IGNORE_INDEX).nonzero(as_tuple=True)
+        if b_idx.numel() == 0:
+            raise ValueError("answers: no answer tokens to supervise (empty answers and end marker)")
+        logits = self.model.lm_head(states[b_idx, t_idx]).float()
+        return F.cross_entropy(logits, target[b_idx, t_idx])
+
+    @torch.no_grad()
+    def generate(self, frames: Tensor, prompts, max_new_tokens: int = 16,
+                 visual_offsets: Tensor | None = None) -> list[str]:
+        """Greedy answers (special tokens removed, stripped) for frames [B, S, 3, H, W] and B prompts."""
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: expected a positive integer, got {max_new_tokens!r}")
+        tokens, embeds = self._inputs(frames, prompts, None, visual_offsets, "left")
+        out = self.model.generate(inputs_embeds=embeds, attention_mask=tokens.attention_mask.to(embeds.device),
+                                  max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                  eos_token_id=stop_ids(self.tokenizer, self.chat),
+                                  pad_token_id=pad_id_of(self.tokenizer), suppress_tokens=self.placeholder_ids())
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
