@@ -98,6 +98,79 @@ class TeacherConfig:
             _check(self.grid[0] >= 1 and self.grid[1] >= 1, "teacher.grid", "rows and cols must be >= 1")
 
 
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_onevision", "llava_next_video", "internvl")
+TASK_NAMES = ("scanrefer", "multi3drefer", "scan2cap", "scanqa", "sqa3d")
+
+
+@dataclass
+class ModelConfig:
+    """The student MLLM."""
+
+    family: Literal["qwen2_vl", "qwen2_5_vl", "llava_onevision", "llava_next_video", "internvl"] = "qwen2_vl"
+    path: str | None = None  # local Hugging Face model folder; None = a tiny random model (tests, demo)
+    image_size: tuple[int, int] | None = None  # (height, width) frames are resized to; None = family default
+    tiny_seed: int = 0  # seed of the tiny random model when path is None
+    gradient_checkpointing: bool = False  # recompute activations in backward to save memory
+    lora_rank: int = 0  # LoRA rank on the LLM's linear layers through PEFT; 0 = full fine-tuning
+    lora_alpha: int = 16  # LoRA scaling numerator
+    lora_dropout: float = 0.05  # LoRA dropout
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # modules
+
+    def validate(self) -> None:
+        _check(self.lora_rank >= 0, "model.lora_rank", "must be >= 0 (0 = off)")
+        if self.image_size is not None:
+            _check(min(self.image_size) >= 1, "model.image_size", "height and width must be positive")
+
+
+@dataclass
+class AlignConfig:
+    """3D representation supervision: which layers, which loss, how strong."""
+
+    loss: Literal["l2norm", "cosine", "cosine+l2norm", "infonce", "correspondence", "none"] = "l2norm"  # none = baseline
+    weight: float = 1.0  # weight of the alignment loss in the total loss (paper: 1.0)
+    layers: list[int] = field(default_factory=lambda: [-1])  # LLM layers supervised (-1 = last, after the norm)
+    infonce_temperature: float = 0.1  # temperature of the infonce loss
+    posenc: bool = True  # add the Video-3D LLM 3D position encoding to the visual embeddings
+    grounding_temperature: float = 0.07  # temperature of the grounding head's InfoNCE and scores
+
+    def validate(self) -> None:
+        _check(self.weight >= 0, "align.weight", "must be >= 0")
+        _check(len(self.layers) >= 1, "align.layers", "name at least one layer")
+        _check(self.infonce_temperature > 0 and self.grounding_temperature > 0, "align temperatures", "must be > 0")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop (`threedrs train`, through accelerate)."""
+
+    tasks: list[str] = field(default_factory=lambda: list(TASK_NAMES))  # benchmarks mixed into training
+    steps: int = 200  # optimizer steps
+    batch_size: int = 2  # samples per device per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr_llm: float = 1e-5  # learning rate of the LLM (paper: 1e-5)
+    lr_vision: float = 2e-6  # learning rate of the vision tower (paper: 2e-6)
+    lr_projector: float = 1e-5  # learning rate of the projector / merger
+    lr_heads: float = 1e-4  # learning rate of the alignment and grounding heads
+    freeze: list[str] = field(default_factory=list)  # parts kept frozen: any of vision, projector, llm
+    warmup_ratio: float = 0.03  # fraction of steps of linear warm-up before the cosine decay
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping (0 = off)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # accelerate mixed precision (bf16 on GPUs)
+    num_workers: int = 0  # data-loader worker processes
+    log_every: int = 10  # steps between log lines (JSONL and progress bar)
+    save_every: int = 100  # steps between checkpoints (and one at the end)
+
+    def validate(self) -> None:
+        unknown = [t for t in self.tasks if t not in TASK_NAMES]
+        _check(not unknown and len(self.tasks) >= 1, "train.tasks", f"choose from {', '.join(TASK_NAMES)}")
+        _check(self.steps >= 1 and self.batch_size >= 1 and self.grad_accum >= 1, "train.steps/batch_size/grad_accum",
+               "must be >= 1")
+        bad = [p for p in self.freeze if p not in ("vision", "projector", "llm")]
+        _check(not bad, "train.freeze", f"unknown parts {bad}; choose from vision, projector, llm")
+        _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must lie in [0, 1)")
+        _check(self.log_every >= 1 and self.save_every >= 1, "train.log_every/save_every", "must be >= 1")
+
+
 @dataclass
 class ExperimentConfig:
     """Root of the configuration tree."""
@@ -109,6 +182,9 @@ class ExperimentConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     correspondence: CorrespondenceConfig = field(default_factory=CorrespondenceConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,155 @@
+"""AlignTask: the one module that holds adapter, heads and losses; what DDP / FSDP / DeepSpeed wrap.
+
+`forward(batch) -> {"loss", "lm_loss", "ground_loss", "align_loss", ...}`; the training loop only does backward,
+step, log and checkpoint. Per sample the task loss is the text cross-entropy, or the grounding InfoNCE for
+grounding samples (ScanRefer, Multi3DRefer); the 3DRS alignment loss (weight `align.weight`) is added on top for
+every sample (METHOD.md). The 3D position encoding of the visual tokens and of Scan2Cap's `<coord>` box is
+injected through the adapter, so no family needs a fork of transformers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+
+from threedrs.align.correspondence_loss import correspondence_loss
+from threedrs.align.grounding import GroundingHead, object_features
+from threedrs.align.head import AlignmentHead
+from threedrs.align.loss import distillation_loss
+from threedrs.align.posenc import position_encoding
+from threedrs.data.tasks import COORD_TOKEN, GROUND_TOKEN
+from threedrs.models.base import MLLMAdapter, token_embedding_offsets
+
+GROUNDING_TASKS = ("scanrefer", "multi3drefer")
+
+
+@dataclass
+class Batch:
+    """A collated training or evaluation batch of B samples, each with the S frames of its scene.
+
+    frames: [B, S, 3, H, W] float in [0, 1].  token_points: [B, S, h, w, 3] world points (metres) of the visual
+    tokens, token_valid: [B, S, h, w] bool (token has valid depth).  teacher: [B, S, h, w, C] cached teacher
+    targets (None when no teacher), teacher_valid: [B, S, h, w] bool.  boxes: per sample the candidate boxes
+    [P_i, 6] (ground truth in training, proposals at evaluation).  coord_boxes: [B, 6] Scan2Cap prompt boxes
+    (NaN rows for other samples).  target_ids: indices into that sample's `boxes` of the grounding targets.
+    """
+
+    ids: list[str]
+    tasks: list[str]
+    scene_ids: list[str]
+    prompts: list[str]
+    answers: list[str]
+    frames: Tensor
+    token_points: Tensor
+    token_valid: Tensor
+    boxes: list[Tensor]
+    target_ids: list[list[int]]
+    coord_boxes: Tensor
+    teacher: Tensor | None = None
+    teacher_valid: Tensor | None = None
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The batch with every tensor moved to `device` (teacher targets become float32)."""
+        return replace(
+            self, frames=self.frames.to(device), token_points=self.token_points.to(device),
+            token_valid=self.token_valid.to(device), boxes=[b.to(device) for b in self.boxes],
+            coord_boxes=self.coord_boxes.to(device),
+            teacher=None if self.teacher is None else self.teacher.to(device, torch.float32),
+            teacher_valid=None if self.teacher_valid is None else self.teacher_valid.to(device))
+
+
+class AlignTask(nn.Module):
+    """Adapter + alignment heads + grounding head + losses.
+
+    adapter: the MLLM; teacher_dim: teacher channels (None = no distillation head); loss: "l2norm" | "cosine" |
+    "cosine+l2norm" | "infonce" | "correspondence" | "none" (the baseline); layers: LLM layers to supervise
+    (-1 = last, after the final norm); posenc: add the 3D position encoding to the visual embeddings.
+    """
+
+    def __init__(self, adapter: MLLMAdapter, teacher_dim: int | None, loss: str = "l2norm", weight: float = 1.0,
+                 layers: tuple[int, ...] = (-1,), posenc: bool = True, infonce_temperature: float = 0.1,
+                 grounding_temperature: float = 0.07, correspondence_voxel: float = 0.1):
+        super().__init__()
+        self.adapter = adapter
+        self.loss_name, self.weight, self.layers, self.posenc = loss, weight, tuple(layers), posenc
+        self.correspondence_voxel = correspondence_voxel
+        dim = adapter.hidden_size
+        self.ground_id, self.coord_id = adapter.add_special_tokens([GROUND_TOKEN, COORD_TOKEN])
+        self.grounding = GroundingHead(dim, grounding_temperature)
+        self.distill = None
+        self.heads = nn.ModuleDict()
+        if loss not in ("none", "correspondence"):
+            if teacher_dim is None:
+                raise ValueError(f"align.loss={loss} needs a teacher (teacher features and their channel count)")
+            self.distill = distillation_loss(loss, infonce_temperature)
+            self.heads = nn.ModuleDict({str(layer): AlignmentHead(dim, teacher_dim) for layer in self.layers})
+
+    def visual_offsets(self, batch: Batch) -> Tensor | None:
+        """[B, S, h, w, D] 3D position encoding of the visual tokens, or None when disabled."""
+        if not self.posenc:
+            return None
+        return position_encoding(batch.token_points, batch.token_valid, self.adapter.hidden_size)
+
+    def coord_offsets(self, batch: Batch) -> Tensor | None:
+        """[B, D] position encoding of each Scan2Cap box centre (zeros for samples without a box)."""
+        has = torch.isfinite(batch.coord_boxes).all(-1)
+        if not has.any():
+            return None
+        centres = torch.where(has[:, None], batch.coord_boxes[:, :3], torch.zeros_like(batch.coord_boxes[:, :3]))
+        return position_encoding(centres, has, self.adapter.hidden_size)
+
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        offsets = self.visual_offsets(batch)
+        grounding = [t in GROUNDING_TASKS for t in batch.tasks]
+        layers = tuple(dict.fromkeys((0, -1) + self.layers))
+        with token_embedding_offsets(self.adapter.model, self.coord_id, self.coord_offsets(batch)):
+            out = self.adapter(batch.frames, batch.prompts, batch.answers, layers=layers, visual_offsets=offsets,
+                               answer_loss=[not g for g in grounding])
+        anchor = out.last_hidden.sum() * 0.0  # keeps every term connected to the graph (DDP needs it)
+        losses = {"lm_loss": out.lm_loss if out.lm_loss is not None else anchor}
+        losses["ground_loss"] = self._grounding_loss(batch, out, offsets, grounding) if any(grounding) else anchor
+        losses["align_loss"] = self._align_loss(batch, out.visual.hidden) if self.loss_name != "none" else anchor
+        losses["loss"] = losses["lm_loss"] + losses["ground_loss"] + self.weight * losses["align_loss"]
+        return losses
+
+    def ground_query(self, out, b: int) -> Tensor:
+        """Last-layer hidden state [D] at sample b's `<ground>` token."""
+        pos = (out.input_ids[b] == self.ground_id).nonzero()
+        if len(pos) == 0:
+            raise ValueError("grounding sample without a <ground> token in its input")
+        return out.last_hidden[b, pos[-1, 0]]
+
+    def candidate_features(self, batch: Batch, out, offsets: Tensor | None, b: int) -> Tensor:
+        """[P, D] object features of sample b's candidate boxes from the visual embeddings entering the LLM."""
+        emb = out.visual.hidden[0][b]  # [S, h, w, D] (includes the position encoding when enabled)
+        if offsets is not None:
+            emb = emb - offsets[b].to(emb.dtype)
+        d = emb.shape[-1]
+        boxes = batch.boxes[b].to(emb.device)
+        return object_features(emb.reshape(-1, d), batch.token_points[b].reshape(-1, 3),
+                               batch.token_valid[b].reshape(-1), boxes)
+
+    def _grounding_loss(self, batch: Batch, out, offsets: Tensor | None, grounding: list[bool]) -> Tensor:
+        terms = []
+        for b, is_ground in enumerate(grounding):
+            if not is_ground:
+                continue
+            scores = self.grounding(self.ground_query(out, b), self.candidate_features(batch, out, offsets, b))
+            terms.append(self.grounding.loss(scores, batch.target_ids[b]))
+        return torch.stack(terms).mean()
+
+    def _align_loss(self, batch: Batch, hidden: dict[int, Tensor]) -> Tensor:
+        terms = []
+        for layer in self.layers:
+            h = hidden[layer]
+            if self.loss_name == "correspondence":
+                terms.append(correspondence_loss(h, batch.token_points, batch.token_valid, self.correspondence_voxel))
+                continue
+            if batch.teacher is None:
+                raise ValueError(f"align.loss={self.loss_name} needs teacher features in the batch")
+            mask = batch.teacher_valid if batch.teacher_valid is not None else torch.ones_like(batch.token_valid)
+            student = self.heads[str(layer)](h)
+            terms.append(self.distill(student, batch.teacher.to(student.dtype), mask))
+        return torch.stack(terms).mean()
