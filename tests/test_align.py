@@ -57,6 +57,7 @@ def test_l2norm_and_cosine_losses_hand_values_and_masking():
     t = torch.tensor([[[[1.0, 1.0], [0.0, -3.0]]]])
     mask = torch.tensor([[[True, False]]])
     # only the first token: cos = 1/sqrt(2) -> l2norm = 2 - sqrt(2), cosine = 1 - 1/sqrt(2)
+    assert l2norm_loss(s, t, mask).shape == (1,)
     assert l2norm_loss(s, t, mask).item() == pytest.approx(2 - math.sqrt(2), rel=1e-6)
     assert cosine_loss(s, t, mask).item() == pytest.approx(1 - 1 / math.sqrt(2), rel=1e-6)
     full = torch.ones(1, 1, 2, dtype=torch.bool)
@@ -70,18 +71,23 @@ def test_losses_are_zero_for_identical_features_and_never_touch_the_teacher():
     t = (s.detach() * 3.0).requires_grad_(True)
     mask = torch.ones(2, 3, 2, 2, dtype=torch.bool)
     for name in ("l2norm", "cosine", "cosine+l2norm"):
-        assert distillation_loss(name)(s, t, mask).item() == pytest.approx(0.0, abs=1e-6)
-    loss = l2norm_loss(s, torch.randn_like(t).requires_grad_(True), mask)
+        assert distillation_loss(name)(s, t, mask).abs().max().item() == pytest.approx(0.0, abs=1e-6)
+    loss = l2norm_loss(s, torch.randn_like(t).requires_grad_(True), mask).mean()
     loss.backward()
     assert s.grad is not None and t.grad is None
 
 
-def test_empty_mask_gives_connected_zero():
-    s = torch.randn(1, 2, 2, 2, 4, requires_grad=True)
-    mask = torch.zeros(1, 2, 2, 2, dtype=torch.bool)
-    loss = l2norm_loss(s, torch.randn_like(s), mask)
-    loss.backward()
-    assert loss.item() == 0.0 and s.grad is not None and s.grad.abs().sum() == 0
+def test_losses_are_per_sample_means_and_empty_masks_give_connected_zeros():
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 2, 2, 2, 4, requires_grad=True), torch.randn(2, 2, 2, 2, 4)
+    mask = torch.zeros(2, 2, 2, 2, dtype=torch.bool)
+    mask[0, 0, 0, :] = True  # sample 0: 2 valid tokens; sample 1: none
+    for fn in (l2norm_loss, cosine_loss, lambda a, b, m: infonce_loss(a, b, m, 0.1)):
+        per = fn(s, t, mask)
+        assert per.shape == (2,) and per[1].item() == 0.0
+        torch.testing.assert_close(per[0], fn(s[:1], t[:1], mask[:1])[0])
+    l2norm_loss(s, t, mask).sum().backward()
+    assert s.grad[1].abs().sum() == 0 and s.grad[0].abs().sum() > 0
 
 
 def test_infonce_matches_explicit_formula():
@@ -127,9 +133,11 @@ def test_correspondence_loss_matches_brute_force_and_backprops():
     points = torch.randint(0, 3, (2, 3, 2, 3, 3)).double() * 0.1 + 0.05
     valid = torch.rand(2, 3, 2, 3) > 0.2
     loss = correspondence_loss(feats, points, valid, 0.1)
-    expected = sum(_brute_correspondence(feats[b].detach(), points[b], valid[b], 0.1) for b in range(2)) / 2
-    assert loss.item() == pytest.approx(expected, rel=1e-5)
-    loss.backward()
+    assert loss.shape == (2,)
+    for b in range(2):
+        assert loss[b].item() == pytest.approx(_brute_correspondence(feats[b].detach(), points[b], valid[b], 0.1),
+                                               rel=1e-5)
+    loss.sum().backward()
     assert feats.grad.abs().sum() > 0
 
 

@@ -46,11 +46,11 @@ def _sample_terms(features: Tensor, points: Tensor, valid: Tensor, voxel: float)
 
 
 def correspondence_loss(features: Tensor, points: Tensor, valid: Tensor, voxel: float = 0.1) -> Tensor:
-    """Mean over samples of (1 - mean positive cos) + mean negative cos.
+    """Per-sample (1 - mean positive cos) + mean negative cos -> [B].
 
     features: [B, S, h, w, D] student hidden states; points: [B, S, h, w, 3] token world points (metres);
-    valid: [B, S, h, w] bool. Samples without positive or negative pairs are skipped; an exact 0 connected to
-    `features` is returned when none has both.
+    valid: [B, S, h, w] bool. A sample without both positive and negative pairs gets an exact 0 connected to
+    `features`.
     """
     if features.shape[:-1] != valid.shape or points.shape[:-1] != valid.shape:
         raise ValueError(f"features {tuple(features.shape)}, points {tuple(points.shape)} and valid "
@@ -58,8 +58,5 @@ def correspondence_loss(features: Tensor, points: Tensor, valid: Tensor, voxel: 
     terms = []
     for b in range(features.shape[0]):
         t = _sample_terms(features[b], points[b], valid[b], voxel)
-        if t is not None:
-            terms.append(1.0 - t[0] + t[1])
-    if not terms:
-        return features.sum() * 0.0
-    return torch.stack(terms).mean()
+        terms.append(features[b].sum() * 0.0 if t is None else (1.0 - t[0] + t[1]).to(features.dtype))
+    return torch.stack(terms)

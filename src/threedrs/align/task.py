@@ -101,18 +101,30 @@ class AlignTask(nn.Module):
         return position_encoding(centres, has, self.adapter.hidden_size)
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
+        """Losses of a batch: "loss" = mean over samples of (task loss + weight * alignment loss), so every sample
+        weighs the same on one process or many; "lm_loss" / "ground_loss" are the means over the text / grounding
+        samples of the batch (0 when there are none) and "align_loss" the mean over all samples."""
         offsets = self.visual_offsets(batch)
         grounding = [t in GROUNDING_TASKS for t in batch.tasks]
         layers = tuple(dict.fromkeys((0, -1) + self.layers))
         with token_embedding_offsets(self.adapter.model, self.coord_id, self.coord_offsets(batch)):
             out = self.adapter(batch.frames, batch.prompts, batch.answers, layers=layers, visual_offsets=offsets,
                                answer_loss=[not g for g in grounding])
-        anchor = out.last_hidden.sum() * 0.0  # keeps every term connected to the graph (DDP needs it)
-        losses = {"lm_loss": out.lm_loss if out.lm_loss is not None else anchor}
-        losses["ground_loss"] = self._grounding_loss(batch, out, offsets, grounding) if any(grounding) else anchor
-        losses["align_loss"] = self._align_loss(batch, out.visual.hidden) if self.loss_name != "none" else anchor
-        losses["loss"] = losses["lm_loss"] + losses["ground_loss"] + self.weight * losses["align_loss"]
-        return losses
+        zero = out.last_hidden.sum() * 0.0  # keeps every term connected to the graph (DDP needs it)
+        task_terms = [zero] * len(grounding)
+        if out.sample_lm_loss is not None:
+            task_terms = [zero if g else out.sample_lm_loss[i] for i, g in enumerate(grounding)]
+        for i, g in enumerate(grounding):
+            if g:
+                scores = self.grounding(self.ground_query(out, i), self.candidate_features(batch, out, offsets, i))
+                task_terms[i] = self.grounding.loss(scores, batch.target_ids[i])
+        task = torch.stack(task_terms)
+        align = self._align_loss(batch, out.visual.hidden) if self.loss_name != "none" else task * 0.0
+        is_ground = torch.tensor(grounding, device=task.device)
+        return {"loss": (task + self.weight * align).mean(),
+                "lm_loss": task[~is_ground].mean() if (~is_ground).any() else zero,
+                "ground_loss": task[is_ground].mean() if is_ground.any() else zero,
+                "align_loss": align.mean()}
 
     def ground_query(self, out, b: int) -> Tensor:
         """Last-layer hidden state [D] at sample b's `<ground>` token."""
@@ -131,16 +143,8 @@ class AlignTask(nn.Module):
         return object_features(emb.reshape(-1, d), batch.token_points[b].reshape(-1, 3),
                                batch.token_valid[b].reshape(-1), boxes)
 
-    def _grounding_loss(self, batch: Batch, out, offsets: Tensor | None, grounding: list[bool]) -> Tensor:
-        terms = []
-        for b, is_ground in enumerate(grounding):
-            if not is_ground:
-                continue
-            scores = self.grounding(self.ground_query(out, b), self.candidate_features(batch, out, offsets, b))
-            terms.append(self.grounding.loss(scores, batch.target_ids[b]))
-        return torch.stack(terms).mean()
-
     def _align_loss(self, batch: Batch, hidden: dict[int, Tensor]) -> Tensor:
+        """Per-sample alignment loss [B], averaged over the supervised layers."""
         terms = []
         for layer in self.layers:
             h = hidden[layer]
@@ -152,4 +156,4 @@ class AlignTask(nn.Module):
             mask = batch.teacher_valid if batch.teacher_valid is not None else torch.ones_like(batch.token_valid)
             student = self.heads[str(layer)](h)
             terms.append(self.distill(student, batch.teacher.to(student.dtype), mask))
-        return torch.stack(terms).mean()
+        return torch.stack(terms).mean(0)

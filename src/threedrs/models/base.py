@@ -36,7 +36,9 @@ class VisualTokens:
 class AdapterOutput:
     """What an adapter's forward returns.
 
-    lm_loss: scalar mean cross-entropy over the answer tokens (None when no answer was given).
+    lm_loss: scalar mean cross-entropy over all supervised answer tokens of the batch (None when none).
+    sample_lm_loss: [B] each sample's mean cross-entropy over its own answer tokens (0 for samples without any),
+        so that a loss can weigh samples equally whatever their answer lengths (None when lm_loss is None).
     visual: the visual-token grids at the requested layers.
     last_hidden: [B, L, D] last-layer hidden states (after the final norm) of the whole sequence; the grounding head
         reads the `<ground>` token's state from it.
@@ -48,6 +50,7 @@ class AdapterOutput:
     last_hidden: Tensor
     input_ids: Tensor
     extras: dict[str, Tensor] = field(default_factory=dict)
+    sample_lm_loss: Tensor | None = None
 
 
 class MLLMAdapter(nn.Module):
@@ -105,6 +108,24 @@ def drop_answer_loss(labels: Tensor, answer_loss: Sequence[bool] | None) -> Tens
         raise ValueError(f"answer_loss: expected {labels.shape[0]} flags, got {len(answer_loss)}")
     keep = torch.tensor([bool(a) for a in answer_loss], device=labels.device)
     return torch.where(keep[:, None], labels, torch.full_like(labels, IGNORE_INDEX))
+
+
+def answer_cross_entropy(lm_head: nn.Module, last_hidden: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Next-token cross-entropy at the supervised positions only (lm_head never sees the rest: memory).
+
+    last_hidden [B, L, D], labels [B, L] (IGNORE_INDEX = no loss). Returns (mean over all supervised tokens,
+    per-sample means [B] with 0 for samples without supervised tokens). Raises if no token is supervised.
+    """
+    targets = labels[:, 1:]
+    rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+    if rows.numel() == 0:
+        raise ValueError("answers: no answer tokens to supervise (empty answers and end marker)")
+    logits = lm_head(last_hidden[rows, cols]).float()
+    per_token = nn.functional.cross_entropy(logits, targets[rows, cols], reduction="none")
+    b = labels.shape[0]
+    sums = per_token.new_zeros(b).index_add(0, rows, per_token)
+    counts = torch.bincount(rows, minlength=b).to(per_token.dtype)
+    return per_token.mean(), sums / counts.clamp(min=1)
 
 
 def check_frames(frames: Tensor) -> tuple[int, int, int, int]:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoTokenizer
 
-from threedrs.models.base import (IGNORE_INDEX, AdapterOutput, MLLMAdapter, VisualTokens, check_frames,
+from threedrs.models.base import (AdapterOutput, MLLMAdapter, VisualTokens, answer_cross_entropy, check_frames,
                                   drop_answer_loss)
 from threedrs.models.chat import (ChatTemplate, TokenBatch, VisualBlock, build_batch, check_texts,
                                   pad_id_of, stop_ids)
@@ -260,25 +260,16 @@ class PlaceholderAdapter(MLLMAdapter):
         for k in layers:
             layer = states if k % (last + 1) == last else out.hidden_states[k]
             hidden[k] = layer[rows, index].reshape(b, s, gh, gw, -1)
-        loss = None
+        loss = sample_loss = None
         labels = None if tokens.labels is None else drop_answer_loss(tokens.labels.to(device), answer_loss)
         if labels is not None and (answer_loss is None or any(answer_loss)):
-            loss = self._answer_loss(states, labels)
+            loss, sample_loss = answer_cross_entropy(self.model.lm_head, states, labels)
         foot = self.footprints(h, w).to(frames.device).unsqueeze(0).repeat(s, 1, 1, 1)
         extras = {"attention_mask": mask, "visual_index": index}
         if labels is not None:
             extras["labels"] = labels
         return AdapterOutput(lm_loss=loss, visual=VisualTokens(hidden=hidden, footprint=foot), last_hidden=states,
-                             input_ids=tokens.input_ids.to(device), extras=extras)
-
-    def _answer_loss(self, states: Tensor, labels: Tensor) -> Tensor:
-        """Mean next-token cross-entropy over positions whose label is not IGNORE_INDEX (logits only there)."""
-        target = labels[:, 1:]
-        b_idx, t_idx = (target != IGNORE_INDEX).nonzero(as_tuple=True)
-        if b_idx.numel() == 0:
-            raise ValueError("answers: no answer tokens to supervise (empty answers and end marker)")
-        logits = self.model.lm_head(states[b_idx, t_idx]).float()
-        return F.cross_entropy(logits, target[b_idx, t_idx])
+                             input_ids=tokens.input_ids.to(device), extras=extras, sample_lm_loss=sample_loss)
 
     @torch.no_grad()
     def generate(self, frames: Tensor, prompts, max_new_tokens: int = 16,

@@ -28,7 +28,8 @@ from transformers import (AutoTokenizer, GenerationConfig, Qwen2_5_VLConfig, Qwe
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from .base import IGNORE_INDEX, AdapterOutput, MLLMAdapter, VisualTokens, check_frames, drop_answer_loss
+from .base import (IGNORE_INDEX, AdapterOutput, MLLMAdapter, VisualTokens, answer_cross_entropy, check_frames,
+                   drop_answer_loss)
 from .qwen2_vl_inputs import (QWEN_SPECIAL_TOKENS, ChatLayout, PixelSpec, QwenBatch, QwenTokenIds,
                               check_image_size, footprint_boxes, patchify, resize_frames)
 from .tiny import offline_tokenizer
@@ -237,18 +238,13 @@ class Qwen2VLAdapter(MLLMAdapter):
             hidden[layer] = states[visual_mask].reshape(b, s, h, w, -1)
         footprint = self.footprints(height, width).to(frames.device).expand(s, h, w, 4)
         labels = drop_answer_loss(batch.labels, answer_loss)
-        supervised = answers is not None and bool((labels != IGNORE_INDEX).any())
-        return AdapterOutput(lm_loss=self._lm_loss(last, labels) if supervised else None,
-                             visual=VisualTokens(hidden=hidden, footprint=footprint), last_hidden=last,
-                             input_ids=batch.input_ids,
-                             extras={"attention_mask": batch.attention_mask, "labels": labels})
-
-    def _lm_loss(self, last_hidden: Tensor, labels: Tensor) -> Tensor:
-        """Mean next-token cross-entropy over answer tokens; lm_head only runs at those positions (memory)."""
-        targets = labels[:, 1:]
-        keep = targets != IGNORE_INDEX
-        logits = self.model.lm_head(last_hidden[:, :-1][keep]).float()
-        return nn.functional.cross_entropy(logits, targets[keep])
+        lm_loss = sample_loss = None
+        if answers is not None and bool((labels != IGNORE_INDEX).any()):
+            lm_loss, sample_loss = answer_cross_entropy(self.model.lm_head, last, labels)
+        return AdapterOutput(lm_loss=lm_loss, visual=VisualTokens(hidden=hidden, footprint=footprint),
+                             last_hidden=last, input_ids=batch.input_ids,
+                             extras={"attention_mask": batch.attention_mask, "labels": labels},
+                             sample_lm_loss=sample_loss)
 
     @torch.no_grad()
     def generate(self, frames: Tensor, prompts: Sequence[str], max_new_tokens: int = 16,
