@@ -41,6 +41,18 @@ def _cmd_config(args: argparse.Namespace) -> None:
     print(dump_yaml(load_config(args.config, args.overrides)), end="")
 
 
+def _cmd_extract(args: argparse.Namespace) -> None:
+    from threedrs.extract import main_extract
+
+    main_extract(args)
+
+
+def _cmd_probe(args: argparse.Namespace) -> None:
+    from threedrs.probe import main_probe
+
+    main_probe(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from threedrs.demo import run_demo
 
@@ -73,6 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Load a config the way every command does and print every field as YAML.")
     _add_config_args(p)
     p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("extract", help="run the frozen teacher over every scene once and write the feature cache",
+                       description="Encode each scene's frames (the frame list shared with the student) with the "
+                                   "configured teacher, pool them to teacher.grid and write one float16 safetensors "
+                                   "file per scene plus a manifest under teacher.cache_dir. Resumable; launch with "
+                                   "torchrun or accelerate to split the scenes over GPUs.")
+    _add_config_args(p)
+    p.add_argument("--scenes", default=None, help="comma-separated scene ids (default: every train and val scene)")
+    p.set_defaults(func=_cmd_extract)
+
+    p = sub.add_parser("probe", help="score how 3D-aware a teacher's features are (multi-view correspondence)",
+                       description="Score the configured teacher's features, pooled to teacher.grid, with the "
+                                   "multi-view correspondence score on every scene of data.split (from the feature "
+                                   "cache when it matches the config, else computed on the fly); print a table and "
+                                   "write probe_<teacher>.json under output_dir.")
+    _add_config_args(p)
+    p.add_argument("--scenes", default=None, help="comma-separated scene ids (default: every scene of data.split)")
+    p.set_defaults(func=_cmd_probe)
 
     p = sub.add_parser("demo", help="run the pipeline in miniature on SynthRooms (what `make demo` runs)",
                        description="Generate the default SynthRooms set (reused when present), then score the "

@@ -68,6 +68,7 @@ class Teacher(nn.Module, ABC):
     """
 
     name: str = ""
+    multi_view: bool = False  # True: a frame's tokens depend on the other frames of the call (VGGT)
 
     @property
     @abstractmethod

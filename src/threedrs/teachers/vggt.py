@@ -313,6 +313,8 @@ class VGGTTeacher(Teacher):
     to at most ``img_size`` rows). Mixed precision is the caller's choice (wrap ``encode`` in autocast).
     """
 
+    multi_view = True  # global attention mixes all frames: extract every frame of a scene in one call
+
     def __init__(
         self,
         checkpoint: str | Path | None = None,

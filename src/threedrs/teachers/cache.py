@@ -1,0 +1,397 @@
+"""The teacher-feature cache: one safetensors file per scene, already pooled to the student grid, plus a manifest.
+
+Layout of a cache directory (``teacher.cache_dir``)::
+
+    manifest.json              what the cache holds (CacheSpec fields + source grid, package version, format)
+    frame_lists.json           the frame list of every scene (data.sampling, data.frames): the ONE list that
+                               `threedrs extract` and the student dataset both read (see `frame_lists_for`)
+    <scene_id>.safetensors     tensors "tokens" [S, h, w, C] float16 and "valid" [S, h, w] bool; string
+                               metadata repeats the spec and holds the scene's frame ids (JSON list)
+
+A file is written to ``<scene_id>.safetensors.tmp-<pid>``, flushed, fsync'ed and renamed into place, so a
+final name always holds a whole file; leftover temporary files are ignored by readers and replaced when the
+scene is extracted again. Readers check each file's header against its size (a truncated file is reported,
+and `threedrs extract` rewrites it), memory-map it with ``safetensors.safe_open`` for each access and keep
+nothing between accesses: no per-worker cache, so data-loader memory does not grow with the number of scenes.
+
+Validity: a token with ``valid == False`` has no teacher target (e.g. the geometry oracle on a patch without
+depth); its stored features are zeros and must be masked by the consumer, never used as a target.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import struct
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
+from torch import Tensor
+
+from threedrs import __version__
+from threedrs.config import ExperimentConfig
+from threedrs.data.sampling import FrameLists
+
+__all__ = [
+    "CacheError",
+    "CacheMismatchError",
+    "CacheSpec",
+    "CacheWriter",
+    "CorruptCacheFileError",
+    "DiskFullError",
+    "FeatureCache",
+    "SceneFeatures",
+    "check_cache_file",
+    "frame_lists_for",
+    "pool_to_grid",
+]
+
+FORMAT = "threedrs-feature-cache"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+FRAME_LISTS = "frame_lists.json"
+SUFFIX = ".safetensors"
+VALIDITY_RULE = "any"  # a pooled token is valid when any source token in its bin is valid (mean over valid ones)
+_STORED_DTYPE = torch.float16
+
+
+class CacheError(ValueError):
+    """A feature cache or one of its files cannot be used; the message names the directory or file."""
+
+
+class CacheMismatchError(CacheError):
+    """The cache (or one file) was written for another teacher, layer, frames or grid than the run asks."""
+
+
+class CorruptCacheFileError(CacheError):
+    """A cache file is truncated or not a valid safetensors file; re-running `threedrs extract` rewrites it."""
+
+
+class DiskFullError(CacheError):
+    """The disk ran full while writing a cache file; the temporary file was removed."""
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """What a cache holds; every field is compared when a run opens a cache.
+
+    teacher: registry name. weights_checksum: the teacher's ``weights_checksum`` (None: not compared, for
+    readers that do not load the teacher). layer: ``teacher.layer`` as configured. sampling / frames /
+    coverage_voxel: the frame rule (coverage_voxel is None for uniform sampling). grid: (rows, cols) of the
+    student token grid the features were pooled to. channels: C (None: not compared). dtype: stored dtype.
+    """
+
+    teacher: str
+    weights_checksum: str | None
+    layer: int
+    sampling: str
+    frames: int
+    coverage_voxel: float | None
+    grid: tuple[int, int]
+    channels: int | None
+    dtype: str = "float16"
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig, weights_checksum: str | None = None,
+                    channels: int | None = None) -> CacheSpec:
+        """The spec a run with ``cfg`` needs; ``teacher.grid`` must be set (the student's token grid)."""
+        if cfg.teacher.grid is None:
+            raise CacheError("teacher.grid: set the student's token grid (rows, cols) to pool teacher features "
+                             "to, e.g. teacher.grid=[14,14] for LLaVA-Video")
+        return cls(teacher=cfg.teacher.name, weights_checksum=weights_checksum, layer=cfg.teacher.layer,
+                   sampling=cfg.data.sampling, frames=cfg.data.frames,
+                   coverage_voxel=cfg.data.coverage_voxel if cfg.data.sampling == "max_coverage" else None,
+                   grid=(int(cfg.teacher.grid[0]), int(cfg.teacher.grid[1])), channels=channels)
+
+    @classmethod
+    def from_mapping(cls, values: dict, source: Path) -> CacheSpec:
+        """The spec fields of a manifest (or of a file's decoded metadata); CacheError if one is missing."""
+        try:
+            kwargs = {f.name: values[f.name] for f in fields(cls)}
+            kwargs["grid"] = (int(kwargs["grid"][0]), int(kwargs["grid"][1]))
+        except (KeyError, TypeError, IndexError, ValueError) as exc:
+            raise CacheError(f"{source}: not a threedrs feature-cache description (bad or missing {exc})") from None
+        return cls(**kwargs)
+
+    def differences(self, expected: CacheSpec) -> list[str]:
+        """One "field: cache has X, config asks Y" line per field that differs (None in ``expected`` = any)."""
+        out = []
+        for f in fields(self):
+            want = getattr(expected, f.name)
+            have = getattr(self, f.name)
+            if want is not None and have != want:
+                out.append(f"{f.name}: cache has {have!r}, config asks {want!r}")
+        return out
+
+    def to_metadata(self) -> dict[str, str]:
+        """The spec as safetensors string metadata (values JSON-encoded)."""
+        return {f.name: json.dumps(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class SceneFeatures:
+    """One scene's cached teacher features.
+
+    tokens: [S, h, w, C] float16 (zeros where invalid). valid: [S, h, w] bool, True where the token has a
+    teacher target. frame_ids: the S frame ids, in order. source_grid: the teacher's native (rows, cols).
+    """
+
+    scene_id: str
+    tokens: Tensor
+    valid: Tensor
+    frame_ids: list[str]
+    source_grid: tuple[int, int]
+
+
+def frame_lists_for(cfg: ExperimentConfig) -> FrameLists:
+    """The run's frame lists, ``<teacher.cache_dir>/frame_lists.json``: extraction and the student read this file."""
+    return FrameLists(Path(cfg.teacher.cache_dir) / FRAME_LISTS, cfg.data.root, cfg.data.sampling,
+                      cfg.data.frames, cfg.data.coverage_voxel)
+
+
+def pool_to_grid(tokens: Tensor, grid: tuple[int, int], valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Adaptive average pooling of each frame's token grid to ``grid``, ignoring invalid tokens.
+
+    Bins follow ``torch.nn.functional.adaptive_avg_pool2d``: output row i averages source rows
+    floor(i * h' / h) <= r < ceil((i + 1) * h' / h), columns likewise. A pooled token is the mean of the VALID
+    source tokens of its bin and is valid when at least one of them is ("any valid"): a student token that
+    partly covers pixels without a target still gets the target of the part that has one.
+
+    Args:
+        tokens: [S, h', w', C] float, any float dtype. grid: (h, w) target rows and columns, >= 1.
+        valid: [S, h', w'] bool or None (all valid). Values at invalid tokens are ignored (may be NaN).
+    Returns:
+        pooled: [S, h, w, C] float32, zeros where invalid. valid: [S, h, w] bool.
+    """
+    if tokens.ndim != 4 or not tokens.is_floating_point():
+        raise ValueError(f"tokens: expected a float tensor [S, h, w, C], got {tokens.dtype} {list(tokens.shape)}")
+    if len(grid) != 2 or int(grid[0]) < 1 or int(grid[1]) < 1:
+        raise ValueError(f"grid: expected (rows, cols) >= 1, got {grid}")
+    if valid is not None and (valid.shape != tokens.shape[:3] or valid.dtype != torch.bool):
+        raise ValueError(f"valid: expected a bool tensor of shape {list(tokens.shape[:3])}, got "
+                         f"{valid.dtype} {list(valid.shape)}")
+    size = (int(grid[0]), int(grid[1]))
+    x = tokens.float().permute(0, 3, 1, 2)
+    if valid is None or bool(valid.all()):
+        pooled = F.adaptive_avg_pool2d(x, size).permute(0, 2, 3, 1)
+        return pooled.contiguous(), torch.ones(pooled.shape[:3], dtype=torch.bool, device=pooled.device)
+    mask = valid[:, None].to(x.device)
+    total = F.adaptive_avg_pool2d(torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device)), size)
+    share = F.adaptive_avg_pool2d(mask.float(), size)
+    out_valid = share > 0
+    pooled = torch.where(out_valid, total / share.clamp(min=torch.finfo(torch.float32).tiny), 0.0)
+    return pooled.permute(0, 2, 3, 1).contiguous(), out_valid[:, 0]
+
+
+def check_cache_file(path: Path) -> dict:
+    """Parse a cache file's safetensors header and check it against the file size.
+
+    Returns the header (tensor entries and "__metadata__"); raises CorruptCacheFileError when the file is
+    shorter or longer than its header says, the header is not JSON, or "tokens"/"valid" are missing.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise CorruptCacheFileError(f"{path}: truncated cache file ({size} bytes, no safetensors header)")
+            (length,) = struct.unpack("<Q", head)
+            if length > size - 8:
+                raise CorruptCacheFileError(f"{path}: truncated cache file (header of {length} bytes, file "
+                                            f"has {size}); re-run `threedrs extract` to rewrite it")
+            header = json.loads(handle.read(length))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CorruptCacheFileError(f"{path}: corrupt cache file (header is not JSON); re-run `threedrs extract` "
+                                    f"to rewrite it") from None
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    if set(tensors) != {"tokens", "valid"} or "__metadata__" not in header:
+        raise CorruptCacheFileError(f"{path}: not a threedrs cache file (tensors {sorted(tensors)})")
+    end = max(int(v["data_offsets"][1]) for v in tensors.values())
+    if size != 8 + length + end:
+        raise CorruptCacheFileError(f"{path}: truncated or corrupt cache file ({size} bytes, header says "
+                                    f"{8 + length + end}); re-run `threedrs extract` to rewrite it")
+    return header
+
+
+def _file_spec(path: Path, header: dict) -> tuple[CacheSpec, list[str], tuple[int, int]]:
+    """(spec, frame ids, source grid) from a checked file header."""
+    meta = header["__metadata__"]
+    try:
+        decoded = {k: json.loads(v) for k, v in meta.items()}
+        frame_ids = [str(f) for f in decoded["frame_ids"]]
+        source_grid = (int(decoded["source_grid"][0]), int(decoded["source_grid"][1]))
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        raise CorruptCacheFileError(f"{path}: cache file metadata is incomplete ({exc})") from None
+    return CacheSpec.from_mapping(decoded, path), frame_ids, source_grid
+
+
+def _read_manifest(directory: Path) -> dict:
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory}: no feature cache here ({MANIFEST} not found); run `threedrs extract`")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CacheError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CacheError(f"{path}: not a threedrs feature-cache manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CacheMismatchError(f"{path}: cache format version {manifest.get('format_version')}, this threedrs "
+                                 f"reads version {FORMAT_VERSION}; extract again into a new cache_dir")
+    return manifest
+
+
+def _refuse_if_different(have: CacheSpec, expected: CacheSpec, what: str) -> None:
+    diff = have.differences(expected)
+    if diff:
+        raise CacheMismatchError(f"{what} does not match the run's config: {'; '.join(diff)} "
+                                 f"(use another teacher.cache_dir, or delete this cache to extract it again)")
+
+
+class FeatureCache:
+    """Read-only access to a cache directory; refuses a cache whose manifest differs from ``expected``.
+
+    Every ``load`` memory-maps the file through ``safetensors.safe_open``: the returned tensors are views of the
+    mapping (private, copy-on-write: writing to them never changes the file), pages are read when used and
+    released when the tensors are freed. Nothing is kept between calls, so the object is cheap to pickle into
+    data-loader workers and their memory does not grow with the number of scenes read.
+    """
+
+    def __init__(self, directory: str | Path, expected: CacheSpec | None = None):
+        self.directory = Path(directory)
+        self.manifest = _read_manifest(self.directory)
+        self.spec = CacheSpec.from_mapping(self.manifest, self.directory / MANIFEST)
+        if expected is not None:
+            _refuse_if_different(self.spec, expected, f"feature cache {self.directory}")
+
+    def path(self, scene_id: str) -> Path:
+        """The final file of a scene (it may not exist)."""
+        return self.directory / f"{scene_id}{SUFFIX}"
+
+    def scene_ids(self) -> list[str]:
+        """Sorted ids of the scenes with a final file (temporary files are ignored; files are not checked)."""
+        return sorted(p.name[: -len(SUFFIX)] for p in self.directory.glob(f"*{SUFFIX}") if p.is_file())
+
+    def __contains__(self, scene_id: str) -> bool:
+        return self.path(scene_id).is_file()
+
+    def load(self, scene_id: str, frame_ids: list[str] | None = None) -> SceneFeatures:
+        """Read one scene; ``frame_ids`` (the run's frame list) must equal the stored ones when given.
+
+        Raises FileNotFoundError (scene not extracted), CorruptCacheFileError, CacheMismatchError.
+        """
+        path = self.path(scene_id)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: scene {scene_id} is not in the feature cache; run `threedrs extract`")
+        spec, stored_ids, source_grid = _file_spec(path, check_cache_file(path))
+        _refuse_if_different(spec, self.spec, f"cache file {path}")
+        if frame_ids is not None and list(frame_ids) != stored_ids:
+            raise CacheMismatchError(f"{path}: extracted for frames {stored_ids}, the run uses {list(frame_ids)}; "
+                                     f"extract again (the frame lists changed)")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                tokens, valid = handle.get_tensor("tokens"), handle.get_tensor("valid")
+        except Exception as exc:  # safetensors raises its own error type for damaged files
+            raise CorruptCacheFileError(f"{path}: cannot read cache file ({exc})") from exc
+        return SceneFeatures(scene_id, tokens, valid, stored_ids, source_grid)
+
+
+class CacheWriter:
+    """Writes scene files into a cache directory for one CacheSpec (used by `threedrs extract`).
+
+    On creation the manifest is checked when present (mismatch: CacheMismatchError naming each field) or,
+    when absent and ``write_manifest`` is true, written BEFORE any scene file (rank 0 of a multi-process
+    extraction writes it; other ranks only check). ``source_grid`` is recorded for information.
+    """
+
+    def __init__(self, directory: str | Path, spec: CacheSpec, source_grid: tuple[int, int],
+                 write_manifest: bool = True):
+        self.directory = Path(directory)
+        self.spec = spec
+        if spec.weights_checksum is None or spec.channels is None:
+            raise ValueError("spec: a writer needs the teacher's weights_checksum and channels")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        manifest_path = self.directory / MANIFEST
+        if manifest_path.is_file():
+            stored = CacheSpec.from_mapping(_read_manifest(self.directory), manifest_path)
+            _refuse_if_different(stored, spec, f"feature cache {self.directory}")
+        elif write_manifest:
+            manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(spec),
+                        "source_grid": list(source_grid), "validity": VALIDITY_RULE,
+                        "package_version": __version__}
+            self._write_atomic(manifest_path, (json.dumps(manifest, indent=1) + "\n").encode())
+
+    def path(self, scene_id: str) -> Path:
+        return self.directory / f"{scene_id}{SUFFIX}"
+
+    def status(self, scene_id: str, frame_ids: list[str]) -> str:
+        """"done" (a whole file for this spec and these frames), "missing" or "corrupt" (to be rewritten).
+
+        A whole file written for another spec or other frames raises CacheMismatchError: it is not redone
+        silently.
+        """
+        path = self.path(scene_id)
+        if not path.is_file():
+            return "missing"
+        try:
+            spec, stored_ids, _ = _file_spec(path, check_cache_file(path))
+        except CorruptCacheFileError:
+            return "corrupt"
+        _refuse_if_different(spec, self.spec, f"cache file {path}")
+        if stored_ids != list(frame_ids):
+            raise CacheMismatchError(f"{path}: extracted for frames {stored_ids}, the run's frame list is "
+                                     f"{list(frame_ids)}; delete the file or use another teacher.cache_dir")
+        return "done"
+
+    def write(self, scene_id: str, tokens: Tensor, valid: Tensor, frame_ids: list[str],
+              source_grid: tuple[int, int]) -> Path:
+        """Store one scene: tokens [S, h, w, C] (any float dtype; stored float16, zeros where invalid),
+        valid [S, h, w] bool, the S frame ids and the teacher's native grid. Returns the final path.
+
+        Raises ValueError for shapes that do not match the spec, CacheError for values beyond float16,
+        DiskFullError when the disk runs full (no partial file is left behind).
+        """
+        frames = len(frame_ids)
+        want = [frames, *self.spec.grid, self.spec.channels]
+        if list(tokens.shape) != want or not tokens.is_floating_point():
+            raise ValueError(f"tokens: expected a float tensor {want} for {scene_id}, got {tokens.dtype} "
+                             f"{list(tokens.shape)}")
+        if list(valid.shape) != want[:3] or valid.dtype != torch.bool:
+            raise ValueError(f"valid: expected a bool tensor {want[:3]} for {scene_id}, got {valid.dtype} "
+                             f"{list(valid.shape)}")
+        valid = valid.detach().cpu().contiguous()
+        stored = torch.where(valid[..., None], tokens.detach().cpu().float(), 0.0).to(_STORED_DTYPE).contiguous()
+        if not bool(torch.isfinite(stored).all()):
+            raise CacheError(f"{scene_id}: teacher features are non-finite or beyond the float16 range "
+                             f"(|x| > 65504) at valid tokens; check the teacher's dtype (try teacher.dtype=float32)")
+        metadata = {**self.spec.to_metadata(), "scene_id": json.dumps(scene_id),
+                    "frame_ids": json.dumps(list(frame_ids)), "source_grid": json.dumps(list(source_grid)),
+                    "validity": json.dumps(VALIDITY_RULE), "package_version": json.dumps(__version__)}
+        data = safetensors_bytes({"tokens": stored, "valid": valid}, metadata=metadata)
+        final = self.path(scene_id)
+        for stale in self.directory.glob(f"{final.name}.tmp-*"):
+            stale.unlink(missing_ok=True)
+        self._write_atomic(final, data)
+        return final
+
+    @staticmethod
+    def _write_atomic(final: Path, data: bytes) -> None:
+        """Write ``data`` to a temporary sibling, fsync, rename onto ``final``; remove the temporary on error."""
+        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, final)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno == errno.ENOSPC:
+                raise DiskFullError(f"disk full while writing {final} ({len(data) / 1e6:.1f} MB); the partial file "
+                                    f"was removed: free space and re-run to complete the cache") from exc
+            raise
