@@ -7,3 +7,18 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def synthrooms_tiny(tmp_path_factory):
+    """A tiny SynthRooms set (6 rooms x 6 frames at 64x48), generated once per test session."""
+    from threedrs.config import SynthConfig
+    from threedrs.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synthrooms") / "rooms"
+    generate(SynthConfig(scenes=6, frames=6, width=64, height=48, seed=3, invalid_pose_frames=1), root,
+             progress=False)
+    return root

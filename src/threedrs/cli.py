@@ -53,6 +53,26 @@ def _cmd_probe(args: argparse.Namespace) -> None:
     main_probe(args)
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from threedrs.config import load_config
+    from threedrs.train import train
+
+    result = train(load_config(args.config, args.overrides), resume=args.resume)
+    print(f"trained {result.steps} steps; checkpoint {result.checkpoint}; log {result.log_path}")
+
+
+def _cmd_score(args: argparse.Namespace) -> None:
+    from threedrs.scoring import main_score
+
+    main_score(args)
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from threedrs.metrics.report import main_report
+
+    main_report(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from threedrs.demo import run_demo
 
@@ -104,6 +124,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenes", default=None, help="comma-separated scene ids (default: every scene of data.split)")
     p.set_defaults(func=_cmd_probe)
 
+    p = sub.add_parser("train", help="fine-tune an MLLM with 3D representation supervision (accelerate)",
+                       description="Train the configured model on the configured benchmarks with the text / grounding "
+                                   "losses plus the 3DRS alignment loss against cached teacher features. Runs on CPU, "
+                                   "one GPU, or many through `accelerate launch --config_file configs/accelerate/...`.")
+    _add_config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("score", help="re-score an evaluation run's predictions files (no model needed)",
+                       description="Read RUN_DIR/predictions/<benchmark>.jsonl (every benchmark present, or those "
+                                   "named), compute the benchmark scores and write RUN_DIR/metrics.json and "
+                                   "RUN_DIR/metrics.md (paper Table 1 layout plus one detailed table per benchmark).")
+    p.add_argument("run_dir", help="evaluation run folder holding predictions/<benchmark>.jsonl")
+    p.add_argument("--benchmarks", default=None,
+                   help="comma-separated subset of scanrefer,multi3drefer,scan2cap,scanqa,sqa3d (default: every file)")
+    p.add_argument("--no-meteor", action="store_true", help="skip METEOR (it needs Java and ~11 s to start)")
+    p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser("report", help="tables, 3D-awareness quartile plots and charts for one or more evaluation runs",
+                       description="Score each run (or reuse its up-to-date metrics.json), split each benchmark's "
+                                   "samples into quartiles by the 3D-awareness score recorded in the predictions "
+                                   "(paper Fig. 2, with Spearman's rho), chart the mean score per run (Fig. 3b) and "
+                                   "write OUT/report.md with the PNG figures.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="evaluation run folders; the first is the reference")
+    p.add_argument("--out", required=True, help="output folder for report.md and the PNG figures")
+    p.add_argument("--names", default=None, help="comma-separated run names (default: the folder names)")
+    p.add_argument("--layer", default="-1", help="layer key of the predictions' correspondence scores (default -1)")
+    p.add_argument("--no-meteor", action="store_true", help="skip METEOR when a run has to be scored")
+    p.set_defaults(func=_cmd_report)
+
     p = sub.add_parser("demo", help="run the pipeline in miniature on SynthRooms (what `make demo` runs)",
                        description="Generate the default SynthRooms set (reused when present), then score the "
                                    "3D-awareness of reference feature sets on the val scenes.")
@@ -121,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"threedrs {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return 0

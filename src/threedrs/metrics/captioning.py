@@ -17,7 +17,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 
-__all__ = ["MeteorSession", "caption_scores", "scan2cap_normalise", "scan2cap_scores"]
+__all__ = ["MeteorSession", "caption_scores", "scan2cap_cider_per_sample", "scan2cap_normalise", "scan2cap_scores"]
 
 
 def _meteor_text(text: str) -> str:
@@ -166,6 +166,36 @@ def scan2cap_scores(
     Returns:
         The :func:`caption_scores` keys (each the m@0.5 value), plus "count" (objects) and "detected".
     """
+    refs, hyps = _scan2cap_inputs(gts, res, detected)
+    scores: dict[str, float | int] = dict(caption_scores(refs, hyps, meteor=meteor))
+    scores["count"] = len(gts)
+    scores["detected"] = sum(bool(detected[key]) for key in gts)
+    return scores
+
+
+def scan2cap_cider_per_sample(
+    gts: Mapping[Hashable, Sequence[str]], res: Mapping[Hashable, str], detected: Mapping[Hashable, bool]
+) -> dict[Hashable, float]:
+    """Per-object CIDEr@0.5 (x100) of the Scan2Cap protocol: the values whose mean is :func:`scan2cap_scores`'s
+    "CIDEr" (pycocoevalcap's per-sample scores, the second value of ``Cider().compute_score``). Document
+    frequencies come from all objects of ``gts``, as for the corpus score; an undetected object scores 0.
+
+    Args:
+        gts, res, detected: as in :func:`scan2cap_scores`.
+    Returns:
+        object key -> CIDEr x100, in the order of ``gts``.
+    """
+    refs, hyps = _scan2cap_inputs(gts, res, detected)
+    _check_caption_inputs(refs, hyps)
+    _, per_sample = Cider().compute_score(refs, {key: [hyps[key]] for key in refs})
+    return {key: 100.0 * float(value) for key, value in zip(refs, per_sample, strict=True)}
+
+
+def _scan2cap_inputs(
+    gts: Mapping[Hashable, Sequence[str]], res: Mapping[Hashable, str], detected: Mapping[Hashable, bool]
+) -> tuple[dict[Hashable, list[str]], dict[Hashable, str]]:
+    """Validate the Scan2Cap inputs; return (normalised references, normalised hypotheses) keyed as ``gts``,
+    with "" as the caption of every undetected object."""
     for key in detected:
         if key not in gts:
             raise ValueError(f"detected: id {key!r} has no references in gts")
@@ -187,7 +217,4 @@ def scan2cap_scores(
         if isinstance(descriptions, str) or not descriptions or not all(isinstance(d, str) for d in descriptions):
             raise ValueError(f"gts: id {key!r} needs a non-empty list of descriptions, got {descriptions!r}")
         refs[key] = [scan2cap_normalise(text) for text in descriptions]
-    scores: dict[str, float | int] = dict(caption_scores(refs, hyps, meteor=meteor))
-    scores["count"] = len(gts)
-    scores["detected"] = sum(bool(detected[key]) for key in gts)
-    return scores
+    return refs, hyps

@@ -30,9 +30,11 @@ __all__ = [
     "SCANREFER_EVAL_TYPES",
     "best_proposal",
     "multi3drefer_f1",
+    "multi3drefer_f1_per_query",
     "multi3drefer_prediction",
     "multi3drefer_selection",
     "scanrefer_accuracy",
+    "scanrefer_hits",
     "scanrefer_prediction",
 ]
 
@@ -189,8 +191,28 @@ def multi3drefer_prediction(
     return proposals[order[mask[order]]]
 
 
+def scanrefer_hits(pred_boxes: Tensor, gt_boxes: Tensor) -> np.ndarray:
+    """Per-description ScanRefer hits (FORMATS §4.2): hit@k = IoU(pred, gt) >= k.
+
+    Args:
+        pred_boxes: [N, 6] float, one predicted box per description, N >= 1.
+        gt_boxes: [N, 6] float, the target boxes.
+    Returns:
+        [N, 2] float64 in {0, 1}: column 0 is hit@0.25, column 1 hit@0.5.
+    """
+    pred = _as_boxes("pred_boxes", pred_boxes)
+    gt = _as_boxes("gt_boxes", gt_boxes)
+    if pred.shape[0] != gt.shape[0]:
+        raise ValueError(f"pred_boxes: {pred.shape[0]} boxes but gt_boxes has {gt.shape[0]}")
+    if pred.shape[0] == 0:
+        raise ValueError("pred_boxes: no samples to score")
+    dtype = torch.promote_types(pred.dtype, gt.dtype)
+    iou = box_iou_3d(pred.to(dtype)[:, None], gt.to(dtype)[:, None])[:, 0, 0].numpy()
+    return np.stack([(iou >= k).astype(np.float64) for k in THRESHOLDS], axis=1)
+
+
 def scanrefer_accuracy(pred_boxes: Tensor, gt_boxes: Tensor, eval_types: Sequence[str]) -> dict:
-    """ScanRefer Acc@0.25 / Acc@0.5 (FORMATS §4.2).
+    """ScanRefer Acc@0.25 / Acc@0.5 (FORMATS §4.2): the means of :func:`scanrefer_hits`.
 
     Args:
         pred_boxes: [N, 6] float, one predicted box per description.
@@ -199,17 +221,10 @@ def scanrefer_accuracy(pred_boxes: Tensor, gt_boxes: Tensor, eval_types: Sequenc
     Returns:
         ``{"overall"|"unique"|"multiple": {"Acc@0.25": %, "Acc@0.5": %, "count": n}}``.
     """
-    pred = _as_boxes("pred_boxes", pred_boxes)
-    gt = _as_boxes("gt_boxes", gt_boxes)
-    if pred.shape[0] != gt.shape[0]:
-        raise ValueError(f"pred_boxes: {pred.shape[0]} boxes but gt_boxes has {gt.shape[0]}")
-    if pred.shape[0] == 0:
-        raise ValueError("pred_boxes: no samples to score")
-    _check_eval_types(eval_types, SCANREFER_EVAL_TYPES, pred.shape[0])
-    dtype = torch.promote_types(pred.dtype, gt.dtype)
-    iou = box_iou_3d(pred.to(dtype)[:, None], gt.to(dtype)[:, None])[:, 0, 0].numpy()
-    hits = {f"Acc@{k}": (iou >= k).astype(np.float64) for k in THRESHOLDS}
-    return _group_means(hits, eval_types, SCANREFER_EVAL_TYPES)
+    hits = scanrefer_hits(pred_boxes, gt_boxes)
+    _check_eval_types(eval_types, SCANREFER_EVAL_TYPES, hits.shape[0])
+    per_sample = {f"Acc@{k}": hits[:, i] for i, k in enumerate(THRESHOLDS)}
+    return _group_means(per_sample, eval_types, SCANREFER_EVAL_TYPES)
 
 
 def _as_box_list(name: str, items: Sequence[Tensor | Sequence]) -> tuple[Tensor, Tensor]:
@@ -278,6 +293,26 @@ def _true_positives(preds: Tensor, num_pred: Tensor, gts: Tensor, num_gt: Tensor
     return tp
 
 
+def multi3drefer_f1_per_query(preds: Sequence[Tensor], gts: Sequence[Tensor]) -> np.ndarray:
+    """Per-query Multi3DRefer F1 (FORMATS §4.3), the values :func:`multi3drefer_f1` averages.
+
+    Args:
+        preds: Q >= 1 tensors [P_i, 6] float, the predicted boxes (P_i may be 0).
+        gts: Q tensors [G_i, 6] float, the target boxes (G_i may be 0).
+    Returns:
+        [Q, 2] float64 in [0, 1]: column 0 is F1@0.25, column 1 F1@0.5.
+    """
+    if len(preds) != len(gts):
+        raise ValueError(f"preds: {len(preds)} queries but gts has {len(gts)}")
+    if not preds:
+        raise ValueError("preds: no queries to score")
+    pred_boxes, num_pred = _as_box_list("preds", preds)
+    gt_boxes, num_gt = _as_box_list("gts", gts)
+    tp = _true_positives(pred_boxes, num_pred, gt_boxes, num_gt)
+    denominator = (num_pred + num_gt).numpy()[:, None].astype(np.float64)
+    return np.where(denominator == 0, 1.0, 2.0 * tp / np.maximum(denominator, 1.0))  # P = G = 0 scores 1
+
+
 def multi3drefer_f1(preds: Sequence[Tensor], gts: Sequence[Tensor], eval_types: Sequence[str]) -> dict:
     """Multi3DRefer F1@0.25 / F1@0.5 with Hungarian matching (FORMATS §4.3).
 
@@ -299,11 +334,7 @@ def multi3drefer_f1(preds: Sequence[Tensor], gts: Sequence[Tensor], eval_types: 
     if not preds:
         raise ValueError("preds: no queries to score")
     _check_eval_types(eval_types, MULTI3DREFER_EVAL_TYPES, len(preds))
-    pred_boxes, num_pred = _as_box_list("preds", preds)
-    gt_boxes, num_gt = _as_box_list("gts", gts)
-    tp = _true_positives(pred_boxes, num_pred, gt_boxes, num_gt)
-    denominator = (num_pred + num_gt).numpy()[:, None].astype(np.float64)
-    f1 = np.where(denominator == 0, 1.0, 2.0 * tp / np.maximum(denominator, 1.0))  # P = G = 0 scores 1
+    f1 = multi3drefer_f1_per_query(preds, gts)
     per_sample = {f"F1@{k}": f1[:, i] for i, k in enumerate(THRESHOLDS)}
     return _group_means(per_sample, eval_types, MULTI3DREFER_EVAL_TYPES)
 

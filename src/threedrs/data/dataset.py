@@ -1,0 +1,195 @@
+"""Training and evaluation data: benchmark samples joined with their scene's frames and cached teacher features.
+
+Each item is one `Sample` with the S frames of its scene (the SAME frame list the teacher cache was extracted
+on: `FrameLists` file shared with `threedrs extract`), the world point of each visual token (depth unprojection
+averaged over the adapter's token footprints), the cached teacher tokens, and the candidate boxes of the scene
+(ground-truth objects in training; detector proposals at evaluation). Nothing heavy is kept between items: frames
+are decoded and teacher files memory-mapped per item, so data-loader workers stay small.
+
+A sample whose scene is missing from the teacher cache is an error at start-up that lists the missing scenes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from threedrs.data.instances import SceneDataError
+from threedrs.data.sampling import FrameLists
+from threedrs.data.scene import Scene
+from threedrs.data.tasks import Sample, load_benchmark
+from threedrs.geometry import depth_to_world, token_world_points
+
+
+def read_box_table(path: Path) -> dict[str, Tensor]:
+    """A V3D box table `{"scannet/<scene>": [[cx, cy, cz, dx, dy, dz], ...]}` -> scene id -> [P, 6] float32."""
+    if not path.is_file():
+        raise SceneDataError(f"{path}: box table not found")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SceneDataError(f"{path}: not valid JSON ({exc})") from None
+    out = {}
+    for key, boxes in raw.items():
+        t = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 6)
+        if t.numel() and (t[:, 3:] <= 0).any():
+            raise SceneDataError(f"{path}: scene {key} has a box with a non-positive size")
+        out[key.split("/")[-1]] = t
+    return out
+
+
+def scene_object_boxes(root: Path, scene_ids: Sequence[str]) -> dict[str, tuple[list[int], Tensor]]:
+    """Ground-truth objects per scene from the instance files: (object ids, boxes [K, 6] float32)."""
+    out = {}
+    for scene_id in scene_ids:
+        objs = Scene(root, scene_id).objects
+        boxes = np.stack([o.box for o in objs]) if objs else np.zeros((0, 6))
+        out[scene_id] = ([o.object_id for o in objs], torch.from_numpy(boxes).float())
+    return out
+
+
+@dataclass
+class Candidates:
+    """The boxes a grounding head scores for one scene, and which object id each is (None for proposals)."""
+
+    boxes: Tensor
+    object_ids: list[int] | None
+
+
+class SceneSampleDataset(Dataset):
+    """Samples + frames + token world points + teacher features (optional) + candidate boxes.
+
+    footprints: function (H, W) -> [h, w, 4] pixel boxes of the student's tokens in the original frame.
+    candidates: scene id -> Candidates (GT objects for training, proposals for evaluation).
+    cache: a teachers.cache.FeatureCache or None (no distillation target).
+    """
+
+    def __init__(self, samples: list[Sample], root: str | Path, frame_lists: FrameLists,
+                 footprints: Callable[[int, int], Tensor], candidates: dict[str, Candidates],
+                 gt_boxes: dict[str, tuple[list[int], Tensor]], cache=None):
+        self.samples, self.root, self.frame_lists = samples, Path(root), frame_lists
+        self.footprints, self.candidates, self.gt_boxes, self.cache = footprints, candidates, gt_boxes, cache
+        scenes = sorted({s.scene_id for s in samples})
+        for scene_id in scenes:
+            frame_lists(scene_id)  # compute (and persist) every list now, not in a worker
+        if cache is not None:
+            missing = [s for s in scenes if s not in cache]
+            if missing:
+                shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+                raise SceneDataError(f"feature cache {cache.directory} lacks {len(missing)} scene(s) of the "
+                                     f"samples: {shown}; run `threedrs extract` on them")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        scene = Scene(self.root, sample.scene_id)
+        frame_ids = self.frame_lists(sample.scene_id)
+        batch = scene.load_frames(frame_ids)
+        height, width = batch.images.shape[-2:]
+        world, valid = depth_to_world(batch.depth.double(), batch.depth_K, batch.poses)
+        points, token_valid = token_world_points(world, valid, self.footprints(height, width), (height, width))
+        item = {"sample": sample, "frames": batch.images, "token_points": torch.nan_to_num(points).float(),
+                "token_valid": token_valid}
+        cand = self.candidates.get(sample.scene_id)
+        boxes = cand.boxes if cand is not None else torch.zeros(0, 6)
+        item["boxes"] = boxes
+        item["target_ids"] = self._target_indices(sample, cand)
+        item["coord_box"] = self._coord_box(sample, cand)
+        if self.cache is not None:
+            feats = self.cache.load(sample.scene_id, frame_ids)
+            item["teacher"], item["teacher_valid"] = feats.tokens, feats.valid
+        return item
+
+    def _target_indices(self, sample: Sample, cand: Candidates | None) -> list[int]:
+        """Indices into the candidates of the sample's targets (training: object ids; proposals: none known)."""
+        if cand is None or cand.object_ids is None:
+            return []
+        where = {oid: i for i, oid in enumerate(cand.object_ids)}
+        missing = [t for t in sample.target_ids if t not in where]
+        if missing and sample.task in ("scanrefer", "multi3drefer", "scan2cap"):
+            raise SceneDataError(f"sample {sample.id}: object id(s) {missing} not in scene {sample.scene_id}")
+        return [where[t] for t in sample.target_ids if t in where]
+
+    def _coord_box(self, sample: Sample, cand: Candidates | None) -> Tensor:
+        """Scan2Cap prompt box [6]: the GT box in training, the best proposal (IoU >= 0.5) at evaluation; NaN
+        when the sample is not captioning or no proposal qualifies."""
+        nan = torch.full((6,), math.nan)
+        if sample.task != "scan2cap" or not sample.target_ids:
+            return nan
+        ids, gt = self.gt_boxes.get(sample.scene_id, ([], torch.zeros(0, 6)))
+        if sample.target_ids[0] not in ids:
+            raise SceneDataError(f"sample {sample.id}: object {sample.target_ids[0]} not in scene {sample.scene_id}")
+        box = gt[ids.index(sample.target_ids[0])]
+        if cand is None or cand.object_ids is not None:
+            return box
+        from threedrs.metrics.grounding import best_proposal
+
+        best, _ = best_proposal(box, cand.boxes, min_iou=0.5) if len(cand.boxes) else (None, 0.0)
+        return nan if best is None else cand.boxes[best]
+
+
+def collate(items: list[dict]):
+    """Stack dataset items into an align.task.Batch."""
+    from threedrs.align.task import Batch
+
+    samples = [it["sample"] for it in items]
+    teacher = None
+    if "teacher" in items[0]:
+        teacher = torch.stack([it["teacher"] for it in items])
+        teacher_valid = torch.stack([it["teacher_valid"] for it in items]) & torch.stack(
+            [it["token_valid"] for it in items])
+    return Batch(ids=[s.id for s in samples], tasks=[s.task for s in samples],
+                 scene_ids=[s.scene_id for s in samples], prompts=[s.prompt for s in samples],
+                 answers=[s.answer for s in samples], frames=torch.stack([it["frames"] for it in items]),
+                 token_points=torch.stack([it["token_points"] for it in items]),
+                 token_valid=torch.stack([it["token_valid"] for it in items]),
+                 boxes=[it["boxes"] for it in items], target_ids=[it["target_ids"] for it in items],
+                 coord_boxes=torch.stack([it["coord_box"] for it in items]), teacher=teacher,
+                 teacher_valid=teacher_valid if teacher is not None else None)
+
+
+@dataclass
+class TrainingData:
+    """What `threedrs train` needs from the data side."""
+
+    dataset: SceneSampleDataset
+    collate: Callable[[list[dict]], object]
+    teacher_channels: int | None
+
+
+def build_training_data(cfg, adapter, split: str = "train") -> TrainingData:
+    """Samples of cfg.train.tasks on `split`, frames from the cache's frame lists, teacher features when the
+    alignment loss needs them (refusing a cache that does not match the config)."""
+    from threedrs.teachers.cache import CacheSpec, FeatureCache, frame_lists_for
+
+    root = Path(cfg.data.root)
+    samples = [s for task in cfg.train.tasks for s in load_benchmark(root, task, split)]
+    if not samples:
+        raise SceneDataError(f"{root}: no {split} samples for tasks {cfg.train.tasks}")
+    scenes = sorted({s.scene_id for s in samples})
+    gt = scene_object_boxes(root, scenes)
+    candidates = {s: Candidates(boxes, ids) for s, (ids, boxes) in gt.items()}
+    cache, channels = None, None
+    if cfg.align.loss not in ("none", "correspondence"):
+        first = Scene(root, scenes[0])
+        height, width = first.load_frame(first.frame_ids[0]).color.shape[:2]
+        grid = tuple(adapter.token_grid(height, width))
+        if cfg.teacher.grid is None:
+            cfg = replace(cfg, teacher=replace(cfg.teacher, grid=grid))
+        elif tuple(cfg.teacher.grid) != grid:
+            raise SceneDataError(f"teacher.grid {list(cfg.teacher.grid)} does not match the student's token grid "
+                                 f"{list(grid)} for {width}x{height} frames; extract with teacher.grid={list(grid)}")
+        cache = FeatureCache(cfg.teacher.cache_dir, expected=CacheSpec.from_config(cfg))
+        channels = int(cache.manifest["channels"])
+    dataset = SceneSampleDataset(samples, root, frame_lists_for(cfg), adapter.footprints, candidates, gt, cache)
+    return TrainingData(dataset, collate, channels)

@@ -1,0 +1,400 @@
+"""Scoring an evaluation run's predictions files without a model, and `threedrs score` (FORMATS §4).
+
+An evaluation run folder ``RUN/`` holds ``RUN/predictions/<benchmark>.jsonl``, one JSON object per line, appended
+as produced. Every line has ``"id"`` (str, unique in the file), ``"scene_id"`` (str), ``"question_type"`` (str)
+and optionally ``"correspondence"`` ({layer: 3D-awareness score or null}) and ``"pairs"`` (int >= 0), plus:
+
+- scanrefer: ``"pred_box"`` and ``"gt_box"`` ([cx, cy, cz, dx, dy, dz] in metres), ``"scores"`` (P + 1 floats);
+- multi3drefer: ``"pred_boxes"`` and ``"gt_boxes"`` (lists of boxes, possibly empty), ``"scores"`` (P + 1 floats);
+- scan2cap: ``"prediction"`` (str, "" when undetected), ``"references"`` (non-empty list of str), ``"detected"``;
+- scanqa: ``"prediction"`` (str), ``"answers"`` (non-empty list of str);
+- sqa3d: ``"prediction"``, ``"answer"``, ``"question"`` (str).
+Other keys are ignored. Scores are percentages (x100); the metric definitions live in ``threedrs.metrics``.
+Scoring only reads the predictions files; it writes ``RUN/metrics.json`` and ``RUN/metrics.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import reprlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from threedrs.metrics.captioning import MeteorSession, scan2cap_cider_per_sample, scan2cap_scores
+from threedrs.metrics.grounding import (
+    MULTI3DREFER_EVAL_TYPES,
+    SCANREFER_EVAL_TYPES,
+    multi3drefer_f1,
+    multi3drefer_f1_per_query,
+    scanrefer_accuracy,
+    scanrefer_hits,
+)
+from threedrs.metrics.qa import SQA3D_QUESTION_TYPES, refined_em, scanqa_scores, sqa3d_question_type, sqa3d_scores
+from threedrs.metrics.report import detail_table, results_table
+
+__all__ = [
+    "BENCHMARKS",
+    "PredictionsError",
+    "load_metrics",
+    "main_score",
+    "metrics_markdown",
+    "parse_benchmarks",
+    "per_sample_values",
+    "predictions_path",
+    "read_predictions",
+    "score_benchmark",
+    "score_run",
+]
+
+BENCHMARKS = ("scanrefer", "multi3drefer", "scan2cap", "scanqa", "sqa3d")
+"""The benchmarks, in the column order of the paper's Table 1."""
+
+_CAPTION_BENCHMARKS = ("scan2cap", "scanqa")  # the ones with METEOR
+_TITLES = {"scanrefer": "ScanRefer", "multi3drefer": "Multi3DRefer", "scan2cap": "Scan2Cap", "scanqa": "ScanQA",
+           "sqa3d": "SQA3D"}
+_short = reprlib.Repr()
+_short.maxstring, _short.maxlist, _short.maxother = 60, 8, 60
+
+
+class PredictionsError(ValueError):
+    """A predictions file or record that cannot be scored; the message names the file and line (or record)."""
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_box(value: object) -> bool:
+    return (isinstance(value, list) and len(value) == 6 and all(_is_number(v) and math.isfinite(v) for v in value)
+            and all(v > 0 for v in value[3:]))
+
+
+def _is_box_list(value: object) -> bool:
+    return isinstance(value, list) and all(_is_box(box) for box in value)
+
+
+def _is_scores(value: object, least: int) -> bool:
+    return (isinstance(value, list) and len(value) >= least and all(_is_number(v) for v in value)
+            and all(math.isfinite(v) for v in value))
+
+
+def _is_text_list(value: object) -> bool:
+    return isinstance(value, list) and len(value) > 0 and all(isinstance(v, str) for v in value)
+
+
+_BOX = (_is_box, "a box: 6 finite numbers [cx, cy, cz, dx, dy, dz] with sizes > 0")
+_TEXT = (lambda v: isinstance(v, str), "a string")
+_FIELDS: dict[str, dict[str, tuple[Callable[[object], bool], str]]] = {
+    "scanrefer": {"pred_box": _BOX, "gt_box": _BOX,
+                  "scores": (lambda v: _is_scores(v, 2), "P + 1 >= 2 finite numbers")},
+    "multi3drefer": {"pred_boxes": (_is_box_list, "a list of boxes (6 finite numbers, sizes > 0)"),
+                     "gt_boxes": (_is_box_list, "a list of boxes (6 finite numbers, sizes > 0)"),
+                     "scores": (lambda v: _is_scores(v, 1), "P + 1 >= 1 finite numbers")},
+    "scan2cap": {"prediction": _TEXT, "references": (_is_text_list, "a non-empty list of strings"),
+                 "detected": (lambda v: isinstance(v, bool), "true or false")},
+    "scanqa": {"prediction": _TEXT, "answers": (_is_text_list, "a non-empty list of strings")},
+    "sqa3d": {"prediction": _TEXT, "answer": _TEXT, "question": _TEXT},
+}
+_QUESTION_TYPES: dict[str, tuple[str, ...] | None] = {
+    "scanrefer": SCANREFER_EVAL_TYPES, "multi3drefer": MULTI3DREFER_EVAL_TYPES, "scan2cap": SCANREFER_EVAL_TYPES,
+    "scanqa": None, "sqa3d": SQA3D_QUESTION_TYPES,
+}
+
+
+def _check_benchmark(benchmark: str) -> None:
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"benchmark: unknown benchmark {benchmark!r}, expected one of {', '.join(BENCHMARKS)}")
+
+
+def _check_record(benchmark: str, record: object, where: str) -> None:
+    """Raise a PredictionsError naming ``where`` (and the id) unless ``record`` is a valid line of ``benchmark``."""
+    if not isinstance(record, dict):
+        raise PredictionsError(f"{where}: expected a JSON object, got {_short.repr(record)}")
+    if not isinstance(record.get("id"), str) or not record["id"]:
+        raise PredictionsError(f"{where}: 'id' must be a non-empty string, got {_short.repr(record.get('id'))}")
+    where = f"{where} (id {record['id']!r})"
+    for key in ("scene_id", "question_type"):
+        if not isinstance(record.get(key), str):
+            raise PredictionsError(f"{where}: {key!r} must be a string, got {_short.repr(record.get(key))}")
+    for key, (check, expected) in _FIELDS[benchmark].items():
+        if key not in record:
+            raise PredictionsError(f"{where}: missing key {key!r} ({expected})")
+        if not check(record[key]):
+            raise PredictionsError(f"{where}: {key!r} must be {expected}, got {_short.repr(record[key])}")
+    allowed = _QUESTION_TYPES[benchmark]
+    if allowed is not None and record["question_type"] not in allowed:
+        raise PredictionsError(f"{where}: question_type {record['question_type']!r} is not one of {allowed}")
+    if benchmark == "multi3drefer" and record["question_type"].startswith("zt") != (not record["gt_boxes"]):
+        raise PredictionsError(f"{where}: question_type {record['question_type']!r} with {len(record['gt_boxes'])} "
+                               "gt_boxes (zero-target types have none, the others at least one)")
+    if benchmark == "scan2cap" and not record["detected"] and record["prediction"]:
+        raise PredictionsError(f"{where}: an undetected object must have the empty prediction, "
+                               f"got {_short.repr(record['prediction'])}")
+    if benchmark == "sqa3d" and sqa3d_question_type(record["question"]) != record["question_type"]:
+        raise PredictionsError(f"{where}: question_type {record['question_type']!r} but the question is of type "
+                               f"{sqa3d_question_type(record['question'])!r}")
+    corr = record.get("correspondence")
+    if corr is not None and not (isinstance(corr, dict)
+                                 and all(v is None or _is_number(v) for v in corr.values())):
+        raise PredictionsError(f"{where}: 'correspondence' must map layers to a number or null, "
+                               f"got {_short.repr(corr)}")
+    pairs = record.get("pairs")
+    if pairs is not None and not (isinstance(pairs, int) and not isinstance(pairs, bool) and pairs >= 0):
+        raise PredictionsError(f"{where}: 'pairs' must be an integer >= 0, got {_short.repr(pairs)}")
+
+
+def predictions_path(run_dir: str | Path, benchmark: str) -> Path:
+    """``RUN/predictions/<benchmark>.jsonl``."""
+    return Path(run_dir) / "predictions" / f"{benchmark}.jsonl"
+
+
+def read_predictions(path: str | Path, benchmark: str | None = None) -> list[dict]:
+    """Read and validate one predictions file (the module docstring gives the format).
+
+    Args:
+        path: ``<benchmark>.jsonl``.
+        benchmark: one of ``BENCHMARKS``; default: the file name without ``.jsonl``.
+    Returns:
+        The records in file order. Blank lines are skipped.
+    Raises:
+        FileNotFoundError: no such file.
+        PredictionsError: a malformed JSON line, a missing key, a wrong type, a duplicate id (each naming the
+            file, the line number and the id where known), or a file without any record.
+    """
+    path = Path(path)
+    benchmark = path.name.removesuffix(".jsonl") if benchmark is None else benchmark
+    if benchmark not in BENCHMARKS:
+        raise PredictionsError(f"{path}: cannot tell the benchmark ({benchmark!r} is not one of "
+                               f"{', '.join(BENCHMARKS)}); name the file <benchmark>.jsonl")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such predictions file")
+    records: list[dict] = []
+    first_line: dict[str, int] = {}
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path}, line {number}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise PredictionsError(f"{where}: not UTF-8 text ({error.reason})") from None
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise PredictionsError(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from None
+            _check_record(benchmark, record, where)
+            if record["id"] in first_line:
+                raise PredictionsError(f"{where}: duplicate id {record['id']!r} (first on line "
+                                       f"{first_line[record['id']]})")
+            first_line[record["id"]] = number
+            records.append(record)
+    if not records:
+        raise PredictionsError(f"{path}: no predictions (the file is empty)")
+    return records
+
+
+def _checked(benchmark: str, records: Sequence[dict]) -> None:
+    """Validate records given directly (not read from a file): named by their index."""
+    _check_benchmark(benchmark)
+    if not records:
+        raise PredictionsError(f"{benchmark}: no records to score")
+    seen: dict[str, int] = {}
+    for index, record in enumerate(records):
+        _check_record(benchmark, record, f"{benchmark} record {index}")
+        if record["id"] in seen:
+            raise PredictionsError(f"{benchmark} record {index}: duplicate id {record['id']!r} "
+                                   f"(first at record {seen[record['id']]})")
+        seen[record["id"]] = index
+
+
+def score_benchmark(benchmark: str, records: Sequence[dict], meteor: bool | MeteorSession = True) -> dict:
+    """The benchmark's standard scores (x100) from its validated records.
+
+    Returns, as the metric functions give them:
+    - scanrefer: ``{"overall"|"unique"|"multiple": {"Acc@0.25", "Acc@0.5", "count"}}`` (scanrefer_accuracy);
+    - multi3drefer: ``{"overall"|eval type: {"F1@0.25", "F1@0.5", "count"}}`` (multi3drefer_f1);
+    - scan2cap: ``{"CIDEr", "BLEU-1".."BLEU-4", "ROUGE-L", ["METEOR"], "count", "detected"}``, all m@0.5;
+    - scanqa: ``{"EM", "EM-refined", "CIDEr", "BLEU-1".."BLEU-4", "ROUGE-L", ["METEOR"], "count"}``;
+    - sqa3d: ``{"overall"|question type: {"EM", "EM-refined", "count"}}`` (NaN scores for an empty type).
+
+    Args:
+        benchmark: one of ``BENCHMARKS``.
+        records: the predictions records (as :func:`read_predictions` returns them).
+        meteor: for scan2cap and scanqa: True opens a METEOR session for this call, a session is reused,
+            False leaves METEOR out.
+    """
+    _checked(benchmark, records)
+    ids = [r["id"] for r in records]
+    if benchmark == "scanrefer":
+        return scanrefer_accuracy([r["pred_box"] for r in records], [r["gt_box"] for r in records],
+                                  [r["question_type"] for r in records])
+    if benchmark == "multi3drefer":
+        return multi3drefer_f1([r["pred_boxes"] for r in records], [r["gt_boxes"] for r in records],
+                               [r["question_type"] for r in records])
+    if benchmark == "scan2cap":
+        return scan2cap_scores(dict(zip(ids, (r["references"] for r in records))),
+                               dict(zip(ids, (r["prediction"] for r in records))),
+                               dict(zip(ids, (r["detected"] for r in records))), meteor=meteor)
+    if benchmark == "scanqa":
+        return scanqa_scores(dict(zip(ids, (r["prediction"] for r in records))),
+                             dict(zip(ids, (r["answers"] for r in records))), meteor=meteor)
+    return sqa3d_scores(dict(zip(ids, (r["prediction"] for r in records))),
+                        dict(zip(ids, (r["answer"] for r in records))),
+                        dict(zip(ids, (r["question"] for r in records))))
+
+
+def per_sample_values(benchmark: str, records: Sequence[dict]) -> tuple[str, list[float]]:
+    """The per-sample downstream metric of the correlation study (paper Fig. 2), x100, in record order.
+
+    Each vector's mean is one of the benchmark's reported scores, so a quartile's mean is that score on the
+    quartile's samples:
+    - scanrefer "Acc@0.25": hit@0.25 (0 or 100); mean = Acc@0.25 overall.
+    - multi3drefer "F1@0.25": the query's F1@0.25 (0..100); mean = F1@0.25 overall.
+    - scan2cap "CIDEr@0.5": the object's CIDEr (pycocoevalcap's per-sample scores, document frequencies over
+      all objects of the file; 0 when undetected); mean = C@0.5. CIDEr is the Table-1 caption metric and, unlike
+      corpus BLEU, is a mean of per-sample values.
+    - scanqa "EM-refined": LEO's refined exact match (0 or 100); mean = EM-refined. Refined rather than raw EM
+      because raw EM is case- and punctuation-sensitive, so it mostly measures answer formatting.
+    - sqa3d "EM": clean_answer equality (0 or 100); mean = EM overall.
+
+    Returns:
+        (metric name, one value per record).
+    """
+    _checked(benchmark, records)
+    if benchmark == "scanrefer":
+        hits = scanrefer_hits([r["pred_box"] for r in records], [r["gt_box"] for r in records])
+        return "Acc@0.25", (100.0 * hits[:, 0]).tolist()
+    if benchmark == "multi3drefer":
+        f1 = multi3drefer_f1_per_query([r["pred_boxes"] for r in records], [r["gt_boxes"] for r in records])
+        return "F1@0.25", (100.0 * f1[:, 0]).tolist()
+    if benchmark == "scan2cap":
+        ids = [r["id"] for r in records]
+        cider = scan2cap_cider_per_sample(dict(zip(ids, (r["references"] for r in records))),
+                                          dict(zip(ids, (r["prediction"] for r in records))),
+                                          dict(zip(ids, (r["detected"] for r in records))))
+        return "CIDEr@0.5", [cider[key] for key in ids]
+    if benchmark == "scanqa":
+        return "EM-refined", [100.0 * refined_em(r["prediction"], r["answers"])[1] for r in records]
+    return "EM", [100.0 * refined_em(r["prediction"], [r["answer"]])[0] for r in records]
+
+
+def parse_benchmarks(text: str | Sequence[str] | None) -> list[str] | None:
+    """"a,b" or ["a", "b"] -> validated list without repeats (None stays None)."""
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",")] if isinstance(text, str) else list(text)
+    if not names or not all(names):
+        raise ValueError(f"benchmarks: expected comma-separated names, got {text!r}")
+    for name in names:
+        _check_benchmark(name)
+    return list(dict.fromkeys(names))
+
+
+def _present_benchmarks(run_dir: Path, benchmarks: Sequence[str] | None) -> list[str]:
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder")
+    if benchmarks is None:
+        found = [b for b in BENCHMARKS if predictions_path(run_dir, b).is_file()]
+        if not found:
+            raise FileNotFoundError(f"{run_dir / 'predictions'}: no predictions file (<benchmark>.jsonl with "
+                                    f"benchmark one of {', '.join(BENCHMARKS)})")
+        return found
+    for name in benchmarks:
+        if not predictions_path(run_dir, name).is_file():
+            raise FileNotFoundError(f"{predictions_path(run_dir, name)}: no such predictions file")
+    return list(benchmarks)
+
+
+def _json_safe(value: object) -> object:
+    """NaN and infinities become null (strict JSON); tuples become lists."""
+    if isinstance(value, dict):
+        return {key: _json_safe(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _from_json(value: object) -> object:
+    """Inverse of :func:`_json_safe` for metrics: null becomes NaN."""
+    if isinstance(value, dict):
+        return {key: _from_json(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return math.nan if value is None else value
+
+
+def load_metrics(path: str | Path) -> dict:
+    """Read a ``metrics.json`` written by :func:`score_run` (null scores come back as NaN)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such metrics file")
+    try:
+        metrics = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: malformed JSON ({error.msg} at line {error.lineno})") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("benchmarks"), dict):
+        raise ValueError(f"{path}: not a metrics file (no 'benchmarks' object)")
+    return _from_json(metrics)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _meteor_note(metrics: dict) -> str:
+    return "computed" if metrics.get("meteor") else "not computed"
+
+
+def metrics_markdown(name: str, metrics: dict) -> str:
+    """``metrics.md``: the Table-1 row of one run, then one detailed table per benchmark."""
+    lines = [f"# Metrics of {name}", "",
+             f"Scored from `predictions/<benchmark>.jsonl` (x100); METEOR {_meteor_note(metrics)}.", "",
+             "## Paper Table 1 layout", "", results_table({name: metrics}), ""]
+    for benchmark, result in metrics["benchmarks"].items():
+        lines += [f"## {_TITLES.get(benchmark, benchmark)}", "", detail_table(result), ""]
+    return "\n".join(lines)
+
+
+def score_run(run_dir: str | Path, benchmarks: Sequence[str] | str | None = None, meteor: bool = True) -> dict:
+    """Score every predictions file of a run (or the named ones) and write ``metrics.json`` and ``metrics.md``.
+
+    All files are read and validated before any scoring, and one METEOR session serves the whole run (opened
+    only when METEOR is wanted and scan2cap or scanqa is scored). The two output files are replaced atomically
+    and hold exactly the benchmarks scored by this call; predictions files are only read.
+
+    Args:
+        run_dir: the run folder (holds ``predictions/``).
+        benchmarks: names or "a,b" (default: every predictions file present).
+        meteor: compute METEOR (needs Java).
+    Returns:
+        ``{"benchmarks": {benchmark: score_benchmark(...)}, "meteor": bool}`` (the content of metrics.json).
+    """
+    run = Path(run_dir)
+    names = _present_benchmarks(run, parse_benchmarks(benchmarks))
+    records = {name: read_predictions(predictions_path(run, name), name) for name in names}
+    use_meteor = bool(meteor) and any(name in _CAPTION_BENCHMARKS for name in names)
+    with MeteorSession() if use_meteor else contextlib.nullcontext(False) as session:
+        results = {name: score_benchmark(name, records[name], meteor=session) for name in names}
+    metrics = {"benchmarks": results, "meteor": use_meteor}
+    _write_atomic(run / "metrics.json", json.dumps(_json_safe(metrics), indent=2) + "\n")
+    _write_atomic(run / "metrics.md", metrics_markdown(run.resolve().name, metrics))
+    return metrics
+
+
+def main_score(args: argparse.Namespace) -> None:
+    """`threedrs score RUN_DIR [--benchmarks a,b] [--no-meteor]` (fields: run_dir, benchmarks, no_meteor)."""
+    run = Path(args.run_dir)
+    metrics = score_run(run, args.benchmarks, meteor=not args.no_meteor)
+    print(results_table({run.resolve().name: metrics}))
+    print(f"Wrote {run / 'metrics.json'} and {run / 'metrics.md'}")
+

@@ -1,0 +1,248 @@
+"""`threedrs train`: fine-tune an MLLM with the 3DRS alignment loss through accelerate.
+
+The loop only does backward, step, log and checkpoint: every loss lives in `AlignTask`. It runs unchanged on CPU,
+one GPU, DDP, FSDP and DeepSpeed ZeRO-2/3 (launch with `accelerate launch --config_file configs/accelerate/...`).
+
+- Data order is a seeded permutation per epoch cut into global batches; rank r takes its slice of every global
+  batch, so the order does not depend on the number of processes and a resumed run reads exactly the samples the
+  uninterrupted run would have read.
+- Checkpoints (`output_dir/checkpoints/step_NNNNNN`) hold the model, optimizer, scheduler and RNG states
+  (accelerate's save_state) plus the step; they are written to a temporary folder and renamed into place.
+- A non-finite loss stops the run and names the last good checkpoint, which is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from threedrs.align.task import AlignTask
+from threedrs.config import ExperimentConfig, dump_yaml
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became non-finite; the message names the last good checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports: final step, the mean of the last logged losses, the checkpoint folder."""
+
+    steps: int
+    last_losses: dict[str, float]
+    checkpoint: Path
+    log_path: Path
+
+
+def global_batches(n: int, global_batch: int, seed: int, start: int = 0) -> Iterator[list[int]]:
+    """Endless stream of global batches of sample indices, beginning at global batch number `start`.
+
+    Each epoch is a fresh permutation (seeded by seed and epoch); batches never straddle epochs (the tail of an
+    epoch that cannot fill a batch is dropped, so every batch has the same size on every rank).
+    """
+    if n < global_batch:
+        raise ValueError(f"train set has {n} samples, fewer than one global batch of {global_batch}")
+    per_epoch = n // global_batch
+    index = start
+    while True:
+        epoch, offset = divmod(index, per_epoch)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
+        yield order[offset * global_batch:(offset + 1) * global_batch]
+        index += 1
+
+
+class MicroBatches(torch.utils.data.Sampler):
+    """This rank's micro-batches (lists of indices), step after step from `start_step` on, for `steps` steps.
+
+    Every optimizer step consumes one global batch of `micro * world * accum` samples; micro-batch k of a step on
+    rank r is slice (k * world + r) of it.
+    """
+
+    def __init__(self, n: int, micro: int, world: int, rank: int, accum: int, seed: int, start_step: int,
+                 steps: int):
+        self.n, self.micro, self.world, self.rank, self.accum = n, micro, world, rank, accum
+        self.seed, self.start_step, self.steps = seed, start_step, steps
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start_step) * self.accum
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = global_batches(self.n, self.micro * self.world * self.accum, self.seed, self.start_step)
+        for _ in range(self.start_step, self.steps):
+            indices = next(batches)
+            for k in range(self.accum):
+                at = (k * self.world + self.rank) * self.micro
+                yield indices[at:at + self.micro]
+
+
+def parameter_groups(task: AlignTask, cfg: ExperimentConfig) -> list[dict]:
+    """AdamW groups with separate learning rates for llm / vision / projector / heads; frozen parts excluded."""
+    t = cfg.train
+    parts = task.adapter.parts()
+    rates = {"llm": t.lr_llm, "vision": t.lr_vision, "projector": t.lr_projector}
+    groups = []
+    for name, params in parts.items():
+        trainable = [p for p in params if p.requires_grad]
+        if name in t.freeze:
+            for p in params:
+                p.requires_grad_(False)
+            continue
+        if trainable:
+            groups.append({"name": name, "params": trainable, "lr": rates[name]})
+    adapter_ids = {id(p) for params in parts.values() for p in params}
+    heads = [p for p in task.parameters() if id(p) not in adapter_ids and p.requires_grad]
+    groups.append({"name": "heads", "params": heads, "lr": t.lr_heads})
+    return groups
+
+
+def apply_lora(task: AlignTask, cfg: ExperimentConfig) -> None:
+    """Inject LoRA adapters (PEFT) into the LLM's target linear layers and freeze the LLM's base weights."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    m = cfg.model
+    llm_params = {id(p) for p in task.adapter.parts()["llm"]}
+    for p in task.adapter.model.parameters():
+        if id(p) in llm_params:
+            p.requires_grad_(False)
+    lora = LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout,
+                      target_modules=list(m.lora_targets))
+    inject_adapter_in_model(lora, task.adapter.model)
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint folder (one with its state.json) under `folder/checkpoints`."""
+    done = sorted(p for p in (folder / "checkpoints").glob("step_*") if (p / "state.json").is_file())
+    return done[-1] if done else None
+
+
+def save_checkpoint(accelerator, folder: Path, step: int) -> Path:
+    """Write accelerate's state plus {"step"} to a temporary folder, then rename it into place (rank 0 renames)."""
+    final = folder / "checkpoints" / f"step_{step:06d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / "state.json").write_text(json.dumps({"step": step}))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _mean_losses(accelerator, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    names = sorted(losses)
+    stacked = torch.stack([losses[k].detach().float() for k in names])
+    return dict(zip(names, accelerator.reduce(stacked, reduction="mean").tolist()))
+
+
+def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train `cfg` (model, data, teacher cache, align and train sections); returns the final state."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    from transformers import get_cosine_schedule_with_warmup
+
+    from threedrs.data.dataset import build_training_data
+    from threedrs.models.registry import build_adapter
+
+    t = cfg.train
+    out = Path(cfg.output_dir)
+    # a rank whose micro-batch has no grounding sample leaves the grounding head unused in that step
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    # cpu=True when there is no GPU: accelerate then runs a torchrun/accelerate launch as gloo DDP on CPU
+    accelerator = Accelerator(mixed_precision=t.mixed_precision, kwargs_handlers=[ddp],
+                              cpu=not torch.cuda.is_available())
+    set_seed(cfg.seed)
+    adapter = build_adapter(cfg.model)
+    data = build_training_data(cfg, adapter)
+    task = AlignTask(adapter, data.teacher_channels, loss=cfg.align.loss, weight=cfg.align.weight,
+                     layers=tuple(cfg.align.layers), posenc=cfg.align.posenc,
+                     infonce_temperature=cfg.align.infonce_temperature,
+                     grounding_temperature=cfg.align.grounding_temperature,
+                     correspondence_voxel=cfg.correspondence.voxel)
+    if cfg.model.lora_rank > 0:
+        apply_lora(task, cfg)
+    if cfg.model.gradient_checkpointing:
+        adapter.model.gradient_checkpointing_enable()
+    optimizer = torch.optim.AdamW(parameter_groups(task, cfg), weight_decay=t.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(t.warmup_ratio * t.steps), t.steps)
+    # the scheduler is stepped once per optimizer step by us (a prepared one would advance once per process)
+    task, optimizer = accelerator.prepare(task, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+
+    step = 0
+    checkpoint = latest_checkpoint(out) if resume else None
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        step = json.loads((checkpoint / "state.json").read_text())["step"]
+        accelerator.print(f"resumed from {checkpoint} at step {step}")
+    elif resume:
+        accelerator.print(f"no checkpoint under {out / 'checkpoints'}; starting from scratch")
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_yaml(cfg))
+    log_path = out / "train_log.jsonl"
+
+    world = accelerator.num_processes
+    global_batch = t.batch_size * world * t.grad_accum
+    sampler = MicroBatches(len(data.dataset), t.batch_size, world, accelerator.process_index, t.grad_accum,
+                           cfg.seed, step, t.steps)
+    loader = iter(torch.utils.data.DataLoader(data.dataset, batch_sampler=sampler, collate_fn=data.collate,
+                                              num_workers=t.num_workers))
+    bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", disable=not (progress and accelerator.is_main_process))
+    last: dict[str, float] = {}
+    window: list[dict[str, float]] = []
+    tick, samples = time.perf_counter(), 0
+    task.train()
+    while step < t.steps:
+        step_losses = []
+        for k in range(t.grad_accum):
+            batch = next(loader).to(accelerator.device)
+            sync = k == t.grad_accum - 1
+            ctx = accelerator.no_sync(task) if not sync and world > 1 else nullcontext()
+            with ctx, accelerator.autocast():
+                losses = task(batch)
+                accelerator.backward(losses["loss"] / t.grad_accum)
+            step_losses.append({k2: v.detach() for k2, v in losses.items()})
+        mean = {k2: torch.stack([d[k2] for d in step_losses]).mean() for k2 in step_losses[0]}
+        reduced = _mean_losses(accelerator, mean)
+        if not all(math.isfinite(v) for v in reduced.values()):
+            good = latest_checkpoint(out)
+            raise TrainingDiverged(f"non-finite loss at step {step + 1}: {reduced}; last good checkpoint: "
+                                   f"{good if good else 'none (no checkpoint was written yet)'}")
+        if t.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(task.parameters(), t.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        samples += global_batch
+        window.append(reduced)
+        bar.update(1)
+        if step % t.log_every == 0 or step == t.steps:
+            elapsed = time.perf_counter() - tick
+            last = {k2: sum(w[k2] for w in window) / len(window) for k2 in window[0]}
+            rates = {f"lr_{g['name']}": lr for g, lr in zip(optimizer.param_groups, scheduler.get_last_lr())}
+            record = {"step": step, **last, **rates, "samples_per_s": samples / elapsed}
+            bar.set_postfix({k2: f"{v:.3f}" for k2, v in last.items() if k2 != "loss"} | {"loss": f"{last['loss']:.3f}"})
+            if accelerator.is_main_process:
+                with log_path.open("a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+            window, tick, samples = [], time.perf_counter(), 0
+        if step % t.save_every == 0 or step == t.steps:
+            checkpoint = save_checkpoint(accelerator, out, step)
+    bar.close()
+    accelerator.end_training()
+    return TrainResult(step, last, checkpoint, log_path)
