@@ -61,6 +61,22 @@ def _cmd_train(args: argparse.Namespace) -> None:
     print(f"trained {result.steps} steps; checkpoint {result.checkpoint}; log {result.log_path}")
 
 
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from threedrs.config import load_config
+    from threedrs.evaluate import evaluate
+    from threedrs.scoring import metrics_markdown
+
+    extra = []
+    if args.benchmarks:
+        extra.append(f"eval.benchmarks=[{args.benchmarks}]")
+    if args.probe:
+        extra.append("eval.probe=true")
+    cfg = load_config(args.config, list(args.overrides) + extra)
+    result = evaluate(cfg, run_dir=args.out)
+    print(metrics_markdown(result.run_dir.name, result.metrics))
+    print(f"predictions and metrics in {result.run_dir}")
+
+
 def _cmd_score(args: argparse.Namespace) -> None:
     from threedrs.scoring import main_score
 
@@ -131,6 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate on ScanRefer, Multi3DRefer, Scan2Cap, ScanQA and SQA3D",
+                       description="Run the trained model (newest checkpoint in output_dir, or eval.checkpoint) on "
+                                   "the benchmarks, append predictions to <run>/predictions/<benchmark>.jsonl as they "
+                                   "are produced (a re-run skips what is done), then score them (metrics.json, "
+                                   "metrics.md). --probe also records each sample's 3D-awareness score.")
+    _add_config_args(p)
+    p.add_argument("--benchmarks", default=None, help="comma-separated subset (default: eval.benchmarks)")
+    p.add_argument("--probe", action="store_true", help="record per-sample 3D-awareness (eval.probe=true)")
+    p.add_argument("--out", default=None, help="run folder (default: <output_dir>/eval)")
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("score", help="re-score an evaluation run's predictions files (no model needed)",
                        description="Read RUN_DIR/predictions/<benchmark>.jsonl (every benchmark present, or those "

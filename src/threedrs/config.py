@@ -172,6 +172,28 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """`threedrs eval`: which benchmarks, which weights, how to generate, whether to probe."""
+
+    benchmarks: list[str] = field(default_factory=lambda: list(TASK_NAMES))  # benchmarks to evaluate
+    split: Literal["train", "val", "test"] = "val"  # annotation split (SQA3D's paper split is test)
+    checkpoint: str | None = None  # training checkpoint folder; None = newest under output_dir; "none" = untrained
+    proposals: str = "metadata/scannet_val_pred_box.json"  # detector boxes, relative to data.root (V3D table)
+    batch_size: int = 4  # samples per forward / generate call
+    max_new_tokens: int = 24  # greedy decoding length for Scan2Cap, ScanQA and SQA3D
+    probe: bool = False  # also record each sample's 3D-awareness score (the correlation study)
+    probe_layers: list[int] = field(default_factory=lambda: [-1])  # LLM layers probed
+    limit: int | None = None  # evaluate only the first N samples of each benchmark (quick checks)
+    meteor: bool = True  # METEOR needs Java and ~11 s to start
+
+    def validate(self) -> None:
+        unknown = [b for b in self.benchmarks if b not in TASK_NAMES]
+        _check(not unknown and len(self.benchmarks) >= 1, "eval.benchmarks", f"choose from {', '.join(TASK_NAMES)}")
+        _check(self.batch_size >= 1 and self.max_new_tokens >= 1, "eval.batch_size/max_new_tokens", "must be >= 1")
+        _check(self.limit is None or self.limit >= 1, "eval.limit", "must be >= 1 (or null for all)")
+
+
+@dataclass
 class ExperimentConfig:
     """Root of the configuration tree."""
 
@@ -185,6 +207,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from threedrs.align.grounding import GroundingHead, object_features
 from threedrs.align.head import AlignmentHead
 from threedrs.align.loss import distillation_loss
 from threedrs.align.posenc import position_encoding
-from threedrs.data.tasks import COORD_TOKEN, GROUND_TOKEN
+from threedrs.data.tasks import COORD_TOKEN, GROUND_TOKEN, Sample
 from threedrs.models.base import MLLMAdapter, token_embedding_offsets
 
 GROUNDING_TASKS = ("scanrefer", "multi3drefer")
@@ -29,6 +29,7 @@ GROUNDING_TASKS = ("scanrefer", "multi3drefer")
 class Batch:
     """A collated training or evaluation batch of B samples, each with the S frames of its scene.
 
+    samples: the B benchmark samples (ids, tasks, prompts and answers are read from them).
     frames: [B, S, 3, H, W] float in [0, 1].  token_points: [B, S, h, w, 3] world points (metres) of the visual
     tokens, token_valid: [B, S, h, w] bool (token has valid depth).  teacher: [B, S, h, w, C] cached teacher
     targets (None when no teacher), teacher_valid: [B, S, h, w] bool.  boxes: per sample the candidate boxes
@@ -36,11 +37,7 @@ class Batch:
     (NaN rows for other samples).  target_ids: indices into that sample's `boxes` of the grounding targets.
     """
 
-    ids: list[str]
-    tasks: list[str]
-    scene_ids: list[str]
-    prompts: list[str]
-    answers: list[str]
+    samples: list[Sample]
     frames: Tensor
     token_points: Tensor
     token_valid: Tensor
@@ -49,6 +46,26 @@ class Batch:
     coord_boxes: Tensor
     teacher: Tensor | None = None
     teacher_valid: Tensor | None = None
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.id for s in self.samples]
+
+    @property
+    def tasks(self) -> list[str]:
+        return [s.task for s in self.samples]
+
+    @property
+    def scene_ids(self) -> list[str]:
+        return [s.scene_id for s in self.samples]
+
+    @property
+    def prompts(self) -> list[str]:
+        return [s.prompt for s in self.samples]
+
+    @property
+    def answers(self) -> list[str]:
+        return [s.answer for s in self.samples]
 
     def to(self, device: torch.device | str) -> Batch:
         """The batch with every tensor moved to `device` (teacher targets become float32)."""

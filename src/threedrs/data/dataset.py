@@ -148,9 +148,7 @@ def collate(items: list[dict]):
         teacher = torch.stack([it["teacher"] for it in items])
         teacher_valid = torch.stack([it["teacher_valid"] for it in items]) & torch.stack(
             [it["token_valid"] for it in items])
-    return Batch(ids=[s.id for s in samples], tasks=[s.task for s in samples],
-                 scene_ids=[s.scene_id for s in samples], prompts=[s.prompt for s in samples],
-                 answers=[s.answer for s in samples], frames=torch.stack([it["frames"] for it in items]),
+    return Batch(samples=samples, frames=torch.stack([it["frames"] for it in items]),
                  token_points=torch.stack([it["token_points"] for it in items]),
                  token_valid=torch.stack([it["token_valid"] for it in items]),
                  boxes=[it["boxes"] for it in items], target_ids=[it["target_ids"] for it in items],

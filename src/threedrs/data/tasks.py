@@ -47,6 +47,7 @@ class Sample:
     answers: list[str] = field(default_factory=list)
     target_ids: list[int] = field(default_factory=list)
     question_type: str = ""
+    question: str = ""  # the bare question (ScanQA, SQA3D), without situation or instruction
 
 
 def _load_json(path: Path) -> object:
@@ -123,7 +124,7 @@ def read_scanqa(path: Path, split: str) -> list[Sample]:
         chosen = enumerate(answers) if split == "train" else [(0, answers[0])]
         for k, ans in chosen:
             out.append(Sample(f"{r['question_id']}_{k}" if split == "train" else str(r["question_id"]), "scanqa",
-                              r["scene_id"], prompt, ans, answers, targets, "unknow"))
+                              r["scene_id"], prompt, ans, answers, targets, "unknow", r["question"]))
     return out
 
 
@@ -159,7 +160,8 @@ def read_sqa3d(questions_path: Path, annotations_path: Path, split: str) -> list
         for k, situation in enumerate(situations):
             prompt = f"{situation} {q['question']} Answer the question using a single word or phrase."
             out.append(Sample(f"{qid}_{k}" if split == "train" else str(qid), "sqa3d", q["scene_id"], prompt,
-                              answer_of[qid], [answer_of[qid]], [], sqa3d_question_type(q["question"])))
+                              answer_of[qid], [answer_of[qid]], [], sqa3d_question_type(q["question"]),
+                              q["question"]))
     return out
 
 

@@ -10,6 +10,7 @@ import math
 import re
 from collections.abc import Hashable, Mapping, Sequence
 
+from threedrs.data.tasks import sqa3d_question_type
 from threedrs.metrics.captioning import MeteorSession, caption_scores
 
 __all__ = [
@@ -164,13 +165,6 @@ def scanqa_scores(
         scores |= caption_scores({key: list(answers[key]) for key in preds}, hyps, meteor=meteor)
     scores["count"] = count
     return scores
-
-
-def sqa3d_question_type(question: str) -> str:
-    """SQA3D question type (FORMATS §3.5): the first of what, is, how, can, which that the left-stripped,
-    lower-cased question starts with (a prefix test, so "Island ..." is "is"), else "others"."""
-    head = question.lstrip().lower()
-    return next((kind for kind in SQA3D_QUESTION_TYPES[:-1] if head.startswith(kind)), "others")
 
 
 def sqa3d_scores(

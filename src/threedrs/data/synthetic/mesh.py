@@ -18,6 +18,7 @@ from threedrs.data.synthetic.textures import albedo, paint_window
 
 OBJECT_DENSITY = 150.0  # surface samples per square metre on furniture
 SHELL_DENSITY = 25.0  # surface samples per square metre on floor, walls and ceiling
+SHELL_NOISE = 0.02  # metres: shell samples lie up to this far behind their surface (scan noise)
 SHELL_PATCH = 1.5  # metres: size of one shell segment
 # the 8 corners of a box as (hi?) flags per axis, and the 12 triangles over them (two per face)
 _CORNER_BITS = np.array([[(c >> a) & 1 for a in range(3)] for c in range(8)], dtype=bool)
@@ -131,6 +132,9 @@ def build_mesh(room: Room, rng: np.random.Generator) -> SceneMesh:
         material = int(room.shell_material[surface])
         quad = np.where(_CORNER_BITS, hi, lo)[list(_FACE_CORNERS[(axis, side)])]
         pts = _face_samples(lo, hi, axis, side, SHELL_DENSITY, rng)
+        # scanned walls are not infinitely thin: push samples up to SHELL_NOISE outwards, so that no shell box
+        # (ground truth or proposal) is degenerate
+        pts[:, axis] += (1.0 if side else -1.0) * rng.uniform(0.0, SHELL_NOISE, len(pts))
         other = [a for a in range(3) if a != axis]
         cell = np.floor(pts[:, other] / SHELL_PATCH).astype(np.int64)
         cell_c = np.floor(np.minimum(quad[:, other], size[other] - 1e-6) / SHELL_PATCH).astype(np.int64)

@@ -1,0 +1,218 @@
+"""`threedrs eval`: run a (trained) model on the five benchmarks, write predictions as produced, then score them.
+
+For each benchmark, `RUN/predictions/<benchmark>.jsonl` gets one line per sample, appended and flushed as soon as
+it is produced; a re-run skips the ids already written (a line cut short by an interruption is dropped and
+redone). Grounding (ScanRefer, Multi3DRefer) scores the detector proposals of `eval.proposals` with the grounding
+head and applies V3D's prediction rules; Scan2Cap, ScanQA and SQA3D generate greedily (Scan2Cap's prompt box is
+the best proposal with IoU >= 0.5 to the object; without one the caption is empty). With `eval.probe` every
+line also records the sample's 3D-awareness score at `eval.probe_layers` (the correlation study). Scores are
+computed from the files by `threedrs.scoring.score_run`, the same code `threedrs score` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from threedrs.align.task import AlignTask, Batch
+from threedrs.config import ExperimentConfig
+from threedrs.data.dataset import (Candidates, SceneSampleDataset, collate, read_box_table,
+                                   scene_object_boxes)
+from threedrs.data.instances import SceneDataError
+from threedrs.data.tasks import load_benchmark
+from threedrs.metrics.correspondence import correspondence_score
+from threedrs.models.base import token_embedding_offsets
+
+GROUNDING = ("scanrefer", "multi3drefer")
+
+
+@dataclass
+class EvalResult:
+    """Where the predictions and scores are, and the scores themselves (threedrs.scoring.score_run output)."""
+
+    run_dir: Path
+    metrics: dict
+
+
+def resolve_checkpoint(cfg: ExperimentConfig) -> Path | None:
+    """The checkpoint folder to evaluate: eval.checkpoint, else the newest under output_dir; None for "none"."""
+    from threedrs.train import latest_checkpoint
+
+    if cfg.eval.checkpoint == "none":
+        return None
+    if cfg.eval.checkpoint:
+        path = Path(cfg.eval.checkpoint)
+        if not (path / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{path}: not a training checkpoint (no model.safetensors)")
+        return path
+    found = latest_checkpoint(Path(cfg.output_dir))
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint under {Path(cfg.output_dir) / 'checkpoints'}; train first or set "
+                                "eval.checkpoint=none to evaluate the untrained model")
+    return found
+
+
+def load_task(cfg: ExperimentConfig, checkpoint: Path | None) -> AlignTask:
+    """The AlignTask of `cfg` with the checkpoint's weights (heads included; head sizes read from the file)."""
+    from safetensors.torch import load_file
+
+    from threedrs.models.registry import build_adapter
+    from threedrs.train import apply_lora
+
+    state = load_file(str(checkpoint / "model.safetensors")) if checkpoint is not None else {}
+    head_keys = [k for k in state if re.fullmatch(r"heads\.-?\d+\.net\.2\.weight", k)]
+    teacher_dim = int(state[head_keys[0]].shape[0]) if head_keys else None
+    loss = cfg.align.loss if (teacher_dim is not None or cfg.align.loss == "correspondence") else "none"
+    task = AlignTask(build_adapter(cfg.model), teacher_dim, loss=loss, weight=cfg.align.weight,
+                     layers=tuple(cfg.align.layers), posenc=cfg.align.posenc,
+                     grounding_temperature=cfg.align.grounding_temperature)
+    if cfg.model.lora_rank > 0:
+        apply_lora(task, cfg)
+    if state:
+        result = task.load_state_dict(state, strict=False)
+        tied = {"adapter.model.lm_head.weight"}
+        missing = [k for k in result.missing_keys if k not in tied]
+        if missing or result.unexpected_keys:
+            raise SceneDataError(f"{checkpoint}: weights do not fit the configured model (missing {missing[:5]}, "
+                                 f"unexpected {result.unexpected_keys[:5]}); is model.* the training config?")
+    return task.eval()
+
+
+class PredictionsFile:
+    """An append-only JSONL file of one benchmark; knows which ids it already holds."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.done: set[str] = set()
+        if path.is_file():
+            raw = path.read_bytes()
+            keep = raw if raw.endswith(b"\n") or not raw else raw[: raw.rfind(b"\n") + 1]
+            if len(keep) != len(raw):  # an interrupted write: drop the partial last line, redo that sample
+                path.write_bytes(keep)
+            for n, line in enumerate(keep.decode().splitlines(), 1):
+                if line.strip():
+                    try:
+                        self.done.add(str(json.loads(line)["id"]))
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        raise SceneDataError(f"{path}: line {n} is not a prediction record; fix or delete the "
+                                             "file") from None
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, records: list[dict]) -> None:
+        with self.path.open("a") as fh:
+            for r in records:
+                fh.write(json.dumps(r) + "\n")
+                self.done.add(r["id"])
+            fh.flush()
+
+
+def _probe(cfg: ExperimentConfig, hidden: dict[int, torch.Tensor], batch: Batch, i: int) -> dict:
+    """Sample i's 3D-awareness score at each probed layer (and the pair count of the last one)."""
+    c = cfg.correspondence
+    out, pairs = {}, 0
+    for layer in cfg.eval.probe_layers:
+        r = correspondence_score(hidden[layer][i].float(), batch.token_points[i], batch.token_valid[i],
+                                 voxel_size=c.voxel, variant=c.variant, same_frame=c.same_frame)
+        out[str(layer)] = None if r.pairs == 0 else r.score
+        pairs = r.pairs
+    return {"correspondence": out, "pairs": pairs}
+
+
+def _grounding_records(task: AlignTask, cfg: ExperimentConfig, batch: Batch, gt: dict) -> list[dict]:
+    from threedrs.metrics.grounding import multi3drefer_prediction, scanrefer_prediction
+
+    adapter = task.adapter
+    offsets = task.visual_offsets(batch)
+    layers = tuple(dict.fromkeys((0, -1) + tuple(cfg.eval.probe_layers if cfg.eval.probe else ())))
+    out = adapter(batch.frames, batch.prompts, batch.answers, layers=layers, visual_offsets=offsets,
+                  answer_loss=[False] * len(batch.ids))
+    records = []
+    for i, (sid, task_name) in enumerate(zip(batch.ids, batch.tasks)):
+        proposals = batch.boxes[i]
+        scores = task.grounding(task.ground_query(out, i), task.candidate_features(batch, out, offsets, i)).float()
+        ids, boxes = gt[batch.scene_ids[i]]
+        sample = batch.samples[i]
+        targets = [boxes[ids.index(t)].tolist() for t in sample.target_ids]
+        rec = {"id": sid, "scene_id": sample.scene_id, "question_type": sample.question_type,
+               "scores": scores.tolist()}
+        if task_name == "scanrefer":
+            rec |= {"pred_box": scanrefer_prediction(scores, proposals).tolist(), "gt_box": targets[0]}
+        else:
+            rec |= {"pred_boxes": multi3drefer_prediction(scores, proposals).tolist(), "gt_boxes": targets}
+        if cfg.eval.probe:
+            rec |= _probe(cfg, out.visual.hidden, batch, i)
+        records.append(rec)
+    return records
+
+
+def _generation_records(task: AlignTask, cfg: ExperimentConfig, batch: Batch) -> list[dict]:
+    adapter = task.adapter
+    offsets = task.visual_offsets(batch)
+    with token_embedding_offsets(adapter.model, task.coord_id, task.coord_offsets(batch)):
+        texts = adapter.generate(batch.frames, batch.prompts, max_new_tokens=cfg.eval.max_new_tokens,
+                                 visual_offsets=offsets)
+        hidden = None
+        if cfg.eval.probe:
+            hidden = adapter(batch.frames, batch.prompts, None, layers=tuple(cfg.eval.probe_layers),
+                             visual_offsets=offsets).visual.hidden
+    records = []
+    for i, (sample, text) in enumerate(zip(batch.samples, texts)):
+        rec = {"id": sample.id, "scene_id": sample.scene_id, "question_type": sample.question_type}
+        text = text.strip()
+        if sample.task == "scan2cap":
+            detected = bool(torch.isfinite(batch.coord_boxes[i]).all())
+            rec |= {"prediction": text if detected else "", "references": sample.answers, "detected": detected}
+        elif sample.task == "scanqa":
+            rec |= {"prediction": text, "answers": sample.answers}
+        else:
+            rec |= {"prediction": text, "answer": sample.answer, "question": sample.question}
+        if hidden is not None:
+            rec |= _probe(cfg, hidden, batch, i)
+        records.append(rec)
+    return records
+
+
+def evaluate(cfg: ExperimentConfig, run_dir: str | Path | None = None, progress: bool = True) -> EvalResult:
+    """Evaluate `cfg.eval.benchmarks`; predictions and metrics go to run_dir (default output_dir/eval)."""
+    from threedrs.scoring import score_run
+    from threedrs.teachers.cache import frame_lists_for
+
+    e = cfg.eval
+    run = Path(run_dir) if run_dir is not None else Path(cfg.output_dir) / "eval"
+    root = Path(cfg.data.root)
+    checkpoint = resolve_checkpoint(cfg)
+    task = load_task(cfg, checkpoint)
+    proposals = read_box_table(root / e.proposals)
+    frame_lists = frame_lists_for(cfg)
+    torch.manual_seed(cfg.seed)
+    for bench in e.benchmarks:
+        samples = load_benchmark(root, bench, e.split)[: e.limit]
+        out = PredictionsFile(run / "predictions" / f"{bench}.jsonl")
+        pending = [s for s in samples if s.id not in out.done]
+        scenes = sorted({s.scene_id for s in samples})
+        missing = [s for s in scenes if s not in proposals]
+        if missing and bench in GROUNDING + ("scan2cap",):
+            raise SceneDataError(f"{root / e.proposals}: no proposals for scene(s) {', '.join(missing[:10])}")
+        gt = scene_object_boxes(root, scenes)
+        cands = {s: Candidates(proposals[s], None) for s in scenes if s in proposals}
+        dataset = SceneSampleDataset(pending, root, frame_lists, task.adapter.footprints, cands, gt)
+        bar = tqdm(total=len(samples), initial=len(samples) - len(pending), desc=f"eval {bench}", unit="sample",
+                   disable=not progress)
+        with torch.no_grad():
+            for start in range(0, len(pending), e.batch_size):
+                chunk = list(range(start, min(start + e.batch_size, len(pending))))
+                batch = collate([dataset[k] for k in chunk])
+                if bench in GROUNDING:
+                    records = _grounding_records(task, cfg, batch, gt)
+                else:
+                    records = _generation_records(task, cfg, batch)
+                out.append(records)
+                bar.update(len(chunk))
+        bar.close()
+    metrics = score_run(run, benchmarks=list(e.benchmarks), meteor=e.meteor)
+    return EvalResult(run, metrics)

@@ -1,0 +1,111 @@
+"""End to end on a tiny SynthRooms set: train a few steps, evaluate all five benchmarks, score, report."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from threedrs.cli import main
+from threedrs.config import load_config
+from threedrs.data.instances import SceneDataError
+from threedrs.data.tasks import load_benchmark
+from threedrs.evaluate import evaluate
+from threedrs.extract import extract
+from threedrs.train import train
+
+BENCHMARKS = ("scanrefer", "multi3drefer", "scan2cap", "scanqa", "sqa3d")
+
+
+def make_config(root, work, *extra):
+    return load_config(None, [
+        f"data.root={root}", "data.frames=4", f"output_dir={work}/run", f"teacher.cache_dir={work}/cache",
+        "teacher.grid=[3,4]", "teacher.channels=32", "teacher.batch_frames=4", "model.image_size=[42,56]",
+        "train.steps=3", "train.save_every=3", "eval.limit=5", "eval.max_new_tokens=6", "eval.probe=true",
+        "eval.probe_layers=[-1,0]", "eval.meteor=false", "data.frames=6", *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(synthrooms_tiny, tmp_path_factory):
+    work = tmp_path_factory.mktemp("evaluate")
+    cfg = make_config(synthrooms_tiny, work)
+    extract(cfg)
+    train(cfg, progress=False)
+    return synthrooms_tiny, work
+
+
+def finite_numbers(node):
+    """Every number of a metrics dict, skipping groups with count 0 (their means are undefined)."""
+    if isinstance(node, dict):
+        if node.get("count") == 0:
+            return []
+        return [x for v in node.values() for x in finite_numbers(v)]
+    return [node] if isinstance(node, (int, float)) and not isinstance(node, bool) else []
+
+
+def test_evaluate_all_benchmarks_writes_predictions_and_finite_scores(trained):
+    root, work = trained
+    cfg = make_config(root, work)
+    result = evaluate(cfg, progress=False)
+    for bench in BENCHMARKS:
+        lines = (result.run_dir / "predictions" / f"{bench}.jsonl").read_text().splitlines()
+        expected = [s.id for s in load_benchmark(root, bench, "val")[:5]]
+        assert [json.loads(line)["id"] for line in lines] == expected
+        first = json.loads(lines[0])
+        assert set(first["correspondence"]) == {"-1", "0"}
+    numbers = finite_numbers(result.metrics["benchmarks"])
+    assert numbers and all(math.isfinite(x) for x in numbers)
+    stored = json.loads((result.run_dir / "metrics.json").read_text())
+    assert stored["benchmarks"]["scanrefer"]["overall"] == result.metrics["benchmarks"]["scanrefer"]["overall"]
+    assert (result.run_dir / "metrics.md").read_text().count("|") > 20
+
+
+def test_rerun_skips_done_ids_and_redoes_a_cut_line(trained):
+    root, work = trained
+    cfg = make_config(root, work, "eval.benchmarks=[scanqa]")
+    run = evaluate(cfg, run_dir=work / "again", progress=False).run_dir
+    path = run / "predictions" / "scanqa.jsonl"
+    before = path.read_text().splitlines()
+    path.write_text("\n".join(before[:-1]) + "\n" + before[-1][:15])  # last write cut short
+    evaluate(cfg, run_dir=work / "again", progress=False)
+    after = path.read_text().splitlines()
+    assert [json.loads(x)["id"] for x in after] == [json.loads(x)["id"] for x in before]
+    path.write_text(before[0] + "\nnot json\n" + "\n".join(before[1:]) + "\n")
+    with pytest.raises(SceneDataError, match=r"scanqa.jsonl: line 2 is not a prediction record"):
+        evaluate(cfg, run_dir=work / "again", progress=False)
+
+
+def test_cli_eval_score_and_report(trained, tmp_path, capsys):
+    root, work = trained
+    args = [f"data.root={root}", f"output_dir={work}/run", f"teacher.cache_dir={work}/cache",
+            "model.image_size=[42,56]", "data.frames=6", "eval.limit=4", "eval.max_new_tokens=4",
+            "eval.meteor=false"]
+    assert main(["eval", "--benchmarks", "scanrefer,sqa3d", "--probe", "--out", str(tmp_path / "cli"), "-"] + args) \
+        == 1  # "-" is not a config file: a one-line error, exit code 1
+    assert "config file not found" in capsys.readouterr().err
+    config = tmp_path / "c.yaml"
+    config.write_text("name: cli\n")
+    assert main(["eval", str(config), *args, "--benchmarks", "scanrefer,sqa3d", "--probe",
+                 "--out", str(tmp_path / "cli")]) == 0
+    assert "ScanRefer" in capsys.readouterr().out
+    assert main(["score", str(tmp_path / "cli"), "--no-meteor"]) == 0
+    assert main(["report", str(tmp_path / "cli"), str(work / "run" / "eval"), "--out", str(tmp_path / "rep"),
+                 "--names", "a,b", "--no-meteor"]) == 0
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert "a" in report and list((tmp_path / "rep").glob("*.png"))
+
+
+def test_bad_checkpoint_and_missing_proposals(trained, tmp_path):
+    root, work = trained
+    with pytest.raises(FileNotFoundError, match="not a training checkpoint"):
+        evaluate(make_config(root, work, f"eval.checkpoint={tmp_path}"), run_dir=tmp_path / "x", progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint under"):
+        evaluate(make_config(root, tmp_path), run_dir=tmp_path / "y", progress=False)
+    table = root / "metadata" / "scannet_val_pred_box.json"
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    with pytest.raises(SceneDataError, match="no proposals for scene"):
+        evaluate(make_config(root, work, f"eval.proposals={empty}", "eval.benchmarks=[scanrefer]"),
+                 run_dir=tmp_path / "z", progress=False)
+    assert table.is_file()
