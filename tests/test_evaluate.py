@@ -23,7 +23,9 @@ def make_config(root, work, *extra):
         f"data.root={root}", "data.frames=4", f"output_dir={work}/run", f"teacher.cache_dir={work}/cache",
         "teacher.grid=[3,4]", "teacher.channels=32", "teacher.batch_frames=4", "model.image_size=[42,56]",
         "train.steps=3", "train.save_every=3", "eval.limit=5", "eval.max_new_tokens=6", "eval.probe=true",
-        "eval.probe_layers=[-1,0]", "eval.meteor=false", "data.frames=6", *extra])
+        "eval.probe_layers=[-1,0]", "eval.meteor=false", "data.frames=6",
+        "correspondence.voxel=1.0",  # 3x4 tokens on 64x48 frames: 0.1 m voxels hold almost no cross-view pair
+        *extra])
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +82,7 @@ def test_cli_eval_score_and_report(trained, tmp_path, capsys):
     root, work = trained
     args = [f"data.root={root}", f"output_dir={work}/run", f"teacher.cache_dir={work}/cache",
             "model.image_size=[42,56]", "data.frames=6", "eval.limit=4", "eval.max_new_tokens=4",
-            "eval.meteor=false"]
+            "eval.meteor=false", "correspondence.voxel=1.0"]
     assert main(["eval", "--benchmarks", "scanrefer,sqa3d", "--probe", "--out", str(tmp_path / "cli"), "-"] + args) \
         == 1  # "-" is not a config file: a one-line error, exit code 1
     assert "config file not found" in capsys.readouterr().err
@@ -90,8 +92,8 @@ def test_cli_eval_score_and_report(trained, tmp_path, capsys):
                  "--out", str(tmp_path / "cli")]) == 0
     assert "ScanRefer" in capsys.readouterr().out
     assert main(["score", str(tmp_path / "cli"), "--no-meteor"]) == 0
-    assert main(["report", str(tmp_path / "cli"), str(work / "run" / "eval"), "--out", str(tmp_path / "rep"),
-                 "--names", "a,b", "--no-meteor"]) == 0
+    assert main(["report", str(tmp_path / "cli"), "--out", str(tmp_path / "rep"), "--names", "a",
+                 "--no-meteor"]) == 0
     report = (tmp_path / "rep" / "report.md").read_text()
     assert "a" in report and list((tmp_path / "rep").glob("*.png"))
 

@@ -63,3 +63,9 @@ def test_frame_lists_are_computed_once_and_persisted(tmp_path):
         FrameLists(path, tmp_path, "uniform", 4)
     with pytest.raises(ValueError, match="unknown frame sampling rule 'random'"):
         FrameLists(path, tmp_path, "random", 3)
+
+
+def test_first_views_marks_repeats():
+    from threedrs.data.sampling import first_views
+
+    assert first_views(["00000", "00000", "00010", "00020", "00020"]).tolist() == [True, False, True, True, False]

@@ -194,6 +194,21 @@ class EvalConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """`threedrs probe`: the 3D-awareness score of a teacher or of the MLLM, without running a benchmark."""
+
+    target: Literal["teacher", "model"] = "teacher"  # teacher: teacher.* features; model: the MLLM of model.*
+    layers: list[int] = field(default_factory=lambda: [-1])  # LLM hidden-state indices (0 = input embeddings)
+    posenc: bool = True  # add the 3D position encoding to the visual embeddings while probing
+    checkpoint: str | None = None  # training checkpoint folder; None = the model as configured (model.path or tiny)
+    prompt: str = "Describe the scene."  # text after the frames (causal LLM: visual states see only what precedes)
+
+    def validate(self) -> None:
+        _check(len(self.layers) >= 1, "probe.layers", "name at least one layer")
+        _check(len(set(self.layers)) == len(self.layers), "probe.layers", f"list each layer once, got {self.layers}")
+
+
+@dataclass
 class ExperimentConfig:
     """Root of the configuration tree."""
 
@@ -208,6 +223,7 @@ class ExperimentConfig:
     align: AlignConfig = field(default_factory=AlignConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -116,7 +116,7 @@ def _probe(cfg: ExperimentConfig, hidden: dict[int, torch.Tensor], batch: Batch,
     c = cfg.correspondence
     out, pairs = {}, 0
     for layer in cfg.eval.probe_layers:
-        r = correspondence_score(hidden[layer][i].float(), batch.token_points[i], batch.token_valid[i],
+        r = correspondence_score(hidden[layer][i].float(), batch.token_points[i], batch.pair_valid[i],
                                  voxel_size=c.voxel, variant=c.variant, same_frame=c.same_frame)
         out[str(layer)] = None if r.pairs == 0 else r.score
         pairs = r.pairs
@@ -216,3 +216,52 @@ def evaluate(cfg: ExperimentConfig, run_dir: str | Path | None = None, progress:
         bar.close()
     metrics = score_run(run, benchmarks=list(e.benchmarks), meteor=e.meteor)
     return EvalResult(run, metrics)
+
+
+def write_chance_predictions(cfg: ExperimentConfig, run_dir: str | Path, seed: int = 0) -> dict:
+    """Predictions of a model that has learned nothing, scored like any run: the chance level of every metric.
+
+    Grounding: uniformly random scores over the proposals (+ the no-target entry) through the same prediction
+    rules; Scan2Cap: a random training description (same detection rule as `evaluate`); ScanQA / SQA3D: a
+    uniformly random answer among the distinct training answers of the benchmark.
+    """
+    from threedrs.metrics.grounding import best_proposal, multi3drefer_prediction, scanrefer_prediction
+    from threedrs.scoring import score_run
+
+    e = cfg.eval
+    run = Path(run_dir)
+    root = Path(cfg.data.root)
+    gen = torch.Generator().manual_seed(seed)
+    proposals = read_box_table(root / e.proposals)
+    for bench in e.benchmarks:
+        samples = load_benchmark(root, bench, e.split)[: e.limit]
+        gt = scene_object_boxes(root, sorted({s.scene_id for s in samples}))
+        pool = sorted({a for s in load_benchmark(root, bench, "train") for a in s.answers})
+        out = PredictionsFile(run / "predictions" / f"{bench}.jsonl")
+        records = []
+        for s in samples:
+            if s.id in out.done:
+                continue
+            ids, boxes = gt[s.scene_id]
+            targets = [boxes[ids.index(t)] for t in s.target_ids]
+            rec = {"id": s.id, "scene_id": s.scene_id, "question_type": s.question_type}
+            guess = pool[int(torch.randint(len(pool), (1,), generator=gen))] if pool else ""
+            if bench in GROUNDING:
+                cand = proposals[s.scene_id]
+                scores = torch.rand(len(cand) + 1, generator=gen)
+                rec["scores"] = scores.tolist()
+                if bench == "scanrefer":
+                    rec |= {"pred_box": scanrefer_prediction(scores, cand).tolist(), "gt_box": targets[0].tolist()}
+                else:
+                    rec |= {"pred_boxes": multi3drefer_prediction(scores, cand).tolist(),
+                            "gt_boxes": [t.tolist() for t in targets]}
+            elif bench == "scan2cap":
+                detected = best_proposal(targets[0], proposals.get(s.scene_id, torch.zeros(0, 6)))[0] is not None
+                rec |= {"prediction": guess if detected else "", "references": s.answers, "detected": detected}
+            elif bench == "scanqa":
+                rec |= {"prediction": guess, "answers": s.answers}
+            else:
+                rec |= {"prediction": guess, "answer": s.answer, "question": s.question}
+            records.append(rec)
+        out.append(records)
+    return score_run(run, benchmarks=list(e.benchmarks), meteor=e.meteor)

@@ -1,14 +1,26 @@
 """`threedrs probe`: how 3D-aware a model's tokens are, as the multi-view correspondence score (METHOD.md).
 
-One function per kind of model; `main_probe` runs the one the config asks for. So far:
-- `probe_teacher`: the score of a teacher's features, pooled to the student grid ``teacher.grid``, on every
-  scene of ``data.split`` (frames from the run's frame lists, `threedrs.teachers.cache.frame_lists_for`).
-  Features come from the feature cache when ``teacher.cache_dir`` holds a cache matching the config and the
-  scene, otherwise they are computed on the fly (nothing is written). Compare teachers before training:
-  the geometry oracle scores near 1, a 2D appearance baseline far lower.
+One function per kind of model; `main_probe` runs the one ``probe.target`` names:
+- `probe_teacher` (``probe.target=teacher``): the score of a teacher's features, pooled to the student grid
+  ``teacher.grid``, on every scene of ``data.split`` (frames from the run's frame lists,
+  `threedrs.teachers.cache.frame_lists_for`). Features come from the feature cache when ``teacher.cache_dir``
+  holds a cache matching the config and the scene, otherwise they are computed on the fly (nothing is written).
+  Compare teachers before training: the geometry oracle scores near 1, a 2D appearance baseline far lower.
+  Each token's world point is the mean of the valid depth pixels in its footprint on the student grid
+  (`grid_footprints` over the colour frame); tokens without depth or without a teacher target are left out.
+- `probe_model` (``probe.target=model``): the score of an MLLM's visual tokens at the LLM hidden states
+  ``probe.layers`` (0 = the input embeddings, -1 = the last layer after the final norm), one scene at a time:
+  the adapter of ``model.*`` (or a training checkpoint, ``probe.checkpoint``) sees the scene's frames followed by
+  ``probe.prompt``, with the 3D position encoding added to the visual embeddings when ``probe.posenc``. Token
+  world points come from the adapter's own footprints, as in training. A frame the sampling rule repeats (the
+  uniform rule repeats frames when a scan has fewer valid frames than ``data.frames``) is fed to the model as in
+  training, but only its first copy is scored: a copy is the same view, not a second one, and would pair every
+  token with itself (cosine 1 at the input layer). The prompt follows the frames in every supported family, so
+  for these causal LLMs the visual states, and the score, do not depend on it; text BEFORE the frames would
+  matter.
 
-Each token's world point is the mean of the valid depth pixels in its footprint on the student grid
-(`grid_footprints` over the colour frame); tokens without depth or without a teacher target are left out.
+Both write ``<output_dir>/probe_<teacher>.json`` or ``<output_dir>/probe_model_<family>.json`` with the
+definition of the score (variant, same-frame rule, voxel size) next to the numbers, and print a markdown table.
 """
 
 from __future__ import annotations
@@ -25,8 +37,11 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from threedrs.config import CorrespondenceConfig, ExperimentConfig, load_config
+from threedrs.align.posenc import position_encoding
+from threedrs.config import ConfigError, CorrespondenceConfig, ExperimentConfig, load_config
+from threedrs.data.sampling import first_views
 from threedrs.data.scene import FrameBatch, Scene, split_scene_ids
+from threedrs.evaluate import load_task
 from threedrs.extract import autocast_dtype, build_configured_teacher, encode_scene, extraction_scenes
 from threedrs.geometry import depth_to_world, grid_footprints, token_world_points
 from threedrs.metrics.correspondence import (
@@ -35,9 +50,12 @@ from threedrs.metrics.correspondence import (
     correspondence_score,
     dataset_score,
 )
+from threedrs.models.base import MLLMAdapter
+from threedrs.models.registry import build_adapter
 from threedrs.teachers.cache import CacheError, CacheSpec, FeatureCache, frame_lists_for
 
-__all__ = ["ProbeResult", "SceneScore", "main_probe", "probe_teacher", "score_scene"]
+__all__ = ["ModelProbeResult", "ProbeResult", "SceneLayerScores", "SceneScore", "main_probe",
+           "probe_model", "probe_teacher", "score_scene"]
 
 
 @dataclass(frozen=True)
@@ -84,16 +102,18 @@ class ProbeResult:
 
     def to_json(self) -> dict:
         """Plain data for ``probe_<model>.json`` (NaN written as null)."""
-        def clean(value: object) -> object:
-            if isinstance(value, float) and math.isnan(value):
-                return None
-            if isinstance(value, dict):
-                return {k: clean(v) for k, v in value.items()}
-            if isinstance(value, (list, tuple)):
-                return [clean(v) for v in value]
-            return value
+        return _json_ready(asdict(self))
 
-        return clean(asdict(self))
+
+def _json_ready(value: object) -> object:
+    """``value`` with NaN floats replaced by None (JSON null), through dicts, lists and tuples."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
 
 
 def score_scene(features: Tensor, valid: Tensor, batch: FrameBatch, corr: CorrespondenceConfig) -> CorrespondenceResult:
@@ -109,7 +129,8 @@ def score_scene(features: Tensor, valid: Tensor, batch: FrameBatch, corr: Corres
     world, depth_valid = depth_to_world(batch.depth.double(), batch.depth_K.double(), batch.poses.double())
     points, point_valid = token_world_points(world, depth_valid, grid_footprints(height, width, rows, cols),
                                              (height, width))
-    return correspondence_score(features.float().cpu(), points, point_valid & valid.cpu(), voxel_size=corr.voxel,
+    scored = point_valid & valid.cpu() & first_views(batch.frame_ids)[:, None, None]  # a repeated frame counts once
+    return correspondence_score(features.float().cpu(), points, scored, voxel_size=corr.voxel,
                                 variant=corr.variant, same_frame=corr.same_frame)
 
 
@@ -164,9 +185,154 @@ def probe_teacher(cfg: ExperimentConfig, scenes: list[str] | None = None) -> Pro
     return probe
 
 
+@dataclass(frozen=True)
+class SceneLayerScores:
+    """One scene's score at each probed layer. pairs, voxels and tokens depend on the token points only, so every
+    layer shares them; repeated_frames: frames that repeat an earlier one of the list (fed, not scored)."""
+
+    scene_id: str
+    scores: dict[int, float]
+    pairs: int
+    voxels: int
+    tokens: int
+    repeated_frames: int
+
+
+@dataclass(frozen=True)
+class ModelProbeResult:
+    """Per-scene and mean scores of an MLLM's visual tokens at several LLM layers, with the definition used.
+
+    model: the family; description: weights, position encoding and prompt; grid: (h, w) tokens per frame of the
+    first scene; summary: layer -> the dataset score over the scenes (mean over scenes and pooled over pairs).
+    """
+
+    model: str
+    description: str
+    checkpoint: str | None
+    split: str
+    layers: list[int]
+    posenc: bool
+    prompt: str
+    grid: tuple[int, int]
+    frames: int
+    sampling: str
+    voxel: float
+    variant: str
+    same_frame: bool
+    scenes: list[SceneLayerScores]
+    summary: dict[int, DatasetCorrespondence]
+    seconds: float
+
+    def table(self) -> str:
+        """Markdown: one row per scene with a score column per layer, then the two means per layer."""
+        cols = " | ".join(f"layer {k}" for k in self.layers)
+        setting = (f"{len(self.scenes)} scenes, {self.frames} frames ({self.sampling}), {self.grid[0]}x{self.grid[1]} "
+                   f"tokens per frame, voxel {self.voxel} m, variant `{self.variant}`"
+                   f"{', same-frame pairs included' if self.same_frame else ', pairs across frames'}; repeated "
+                   "frames are not scored.")
+        lines = [f"# 3D-awareness of {self.model} on {self.split}", "", self.description, "", setting, "",
+                 f"| scene | {cols} | pairs | voxels | tokens |", "|---|" + "---|" * (len(self.layers) + 3)]
+        for s in self.scenes:
+            scores = " | ".join(f"{s.scores[k]:.4f}" for k in self.layers)
+            lines.append(f"| {s.scene_id} | {scores} | {s.pairs} | {s.voxels} | {s.tokens} |")
+        means = " | ".join(f"{self.summary[k].sample_mean:.4f}" for k in self.layers)
+        pooled = " | ".join(f"{self.summary[k].pooled:.4f}" for k in self.layers)
+        first = self.summary[self.layers[0]]
+        lines += [f"| mean over scenes | {means} | | | |",
+                  f"| pooled over pairs | {pooled} | {first.pairs} | {first.voxels} | |", "",
+                  f"{first.scored_samples} of {first.samples} scenes have pairs."]
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> dict:
+        """Plain data for ``probe_model_<family>.json`` (NaN written as null, layer keys as strings)."""
+        return _json_ready(asdict(self))
+
+
+def _probed_adapter(cfg: ExperimentConfig) -> tuple[MLLMAdapter, str]:
+    """The adapter to probe (``probe.checkpoint`` through `evaluate.load_task`, else `build_adapter`) and its
+    description."""
+    m = cfg.model
+    base = f"{m.family} from {m.path}" if m.path else f"{m.family} tiny random model (seed {m.tiny_seed})"
+    if cfg.probe.checkpoint is None:
+        return build_adapter(m).eval(), base
+    checkpoint = Path(cfg.probe.checkpoint)
+    if not (checkpoint / "model.safetensors").is_file():
+        raise FileNotFoundError(f"probe.checkpoint: {checkpoint} is not a training checkpoint (no model.safetensors)")
+    return load_task(cfg, checkpoint).adapter, f"{base}, weights of checkpoint {checkpoint}"
+
+
+def _check_layers(adapter: MLLMAdapter, layers: list[int]) -> None:
+    """Raise ConfigError naming probe.layers when an index is outside the LLM's hidden states."""
+    states = int(adapter.model.config.text_config.num_hidden_layers) + 1
+    bad = [k for k in layers if not -states <= k < states]
+    if bad:
+        raise ConfigError(f"probe.layers: {bad} out of range for {adapter.family}'s {states} hidden states "
+                          f"(indices {-states}..{states - 1}; 0 = input embeddings, -1 = last layer)")
+
+
+@torch.no_grad()
+def probe_model(cfg: ExperimentConfig, scenes: list[str] | None = None, progress: bool = True) -> ModelProbeResult:
+    """Score the MLLM's visual tokens at ``probe.layers`` on every scene of ``cfg.data.split`` (or ``scenes``).
+
+    Per scene: frames [1, S, 3, H, W] from the run's frame lists and ``probe.prompt`` (no answer) go through the
+    adapter, with the position encoding of the token world points added to the visual embeddings when
+    ``probe.posenc``; each layer's tokens [S, h, w, D] are scored against the token points [S, h, w, 3] (metres,
+    mean of the valid depth pixels of each token's footprint) with ``cfg.correspondence``; tokens without depth
+    and repeated frames are left out. Writes ``<output_dir>/probe_model_<family>.json``; print ``result.table()``.
+    """
+    start = time.perf_counter()
+    p, corr = cfg.probe, cfg.correspondence
+    root = Path(cfg.data.root)
+    scene_ids = extraction_scenes(root, scenes) if scenes is not None else split_scene_ids(root, cfg.data.split)
+    adapter, description = _probed_adapter(cfg)
+    _check_layers(adapter, p.layers)
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    adapter.to(device)
+    frame_lists = frame_lists_for(cfg)
+    rows, results, grid = [], {k: [] for k in p.layers}, None
+    for scene_id in tqdm(scene_ids, desc=f"probe {adapter.family}", unit="scene", disable=not progress):
+        frame_ids = frame_lists(scene_id)
+        batch = Scene(root, scene_id).load_frames(frame_ids)
+        height, width = batch.images.shape[-2:]
+        world, depth_valid = depth_to_world(batch.depth.double(), batch.depth_K, batch.poses)
+        points, valid = token_world_points(world, depth_valid, adapter.footprints(height, width), (height, width))
+        points = torch.nan_to_num(points).float()  # as the training data: invalid tokens hold zeros
+        offsets = position_encoding(points, valid, adapter.hidden_size)[None].to(device) if p.posenc else None
+        out = adapter(batch.images[None].to(device), [p.prompt], None, layers=tuple(p.layers), visual_offsets=offsets)
+        first = first_views(frame_ids)
+        scored = valid & first[:, None, None]
+        grid = grid or tuple(points.shape[1:3])
+        for layer in p.layers:
+            results[layer].append(correspondence_score(out.visual.hidden[layer][0].float().cpu(), points, scored,
+                                                       voxel_size=corr.voxel, variant=corr.variant,
+                                                       same_frame=corr.same_frame))
+        last = results[p.layers[0]][-1]
+        rows.append(SceneLayerScores(scene_id, {k: results[k][-1].score for k in p.layers}, last.pairs, last.voxels,
+                                     last.tokens, len(frame_ids) - int(first.sum())))
+    description += (f"; 3D position encoding {'added to' if p.posenc else 'not added to'} the visual embeddings; "
+                    f"prompt after the frames: {p.prompt!r}")
+    probe = ModelProbeResult(
+        model=adapter.family, description=description, checkpoint=p.checkpoint,
+        split=cfg.data.split if scenes is None else "selected scenes", layers=list(p.layers), posenc=p.posenc,
+        prompt=p.prompt, grid=grid, frames=cfg.data.frames, sampling=cfg.data.sampling, voxel=corr.voxel,
+        variant=corr.variant, same_frame=corr.same_frame, scenes=rows,
+        summary={k: dataset_score(results[k]) for k in p.layers}, seconds=time.perf_counter() - start)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"probe_model_{probe.model}.json").write_text(json.dumps(probe.to_json(), indent=1) + "\n")
+    return probe
+
+
 def main_probe(args: argparse.Namespace) -> None:
-    """`threedrs probe CONFIG [k=v ...] [--scenes id1,id2]` (fields: config, overrides, scenes)."""
+    """`threedrs probe CONFIG [k=v ...] [--scenes id1,id2]` (fields: config, overrides, scenes): the teacher or the
+    model, as ``probe.target`` says."""
     cfg = load_config(args.config, args.overrides)
-    result = probe_teacher(cfg, args.scenes.split(",") if args.scenes else None)
+    scenes = args.scenes.split(",") if args.scenes else None
+    if cfg.probe.target == "model":
+        result = probe_model(cfg, scenes)
+        name = f"probe_model_{result.model}.json"
+    else:
+        result = probe_teacher(cfg, scenes)
+        name = f"probe_{result.model}.json"
     print(result.table())
-    print(f"Wrote {Path(cfg.output_dir) / f'probe_{result.model}.json'}")
+    print(f"Wrote {Path(cfg.output_dir) / name}")

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from threedrs.align.task import AlignTask
+from threedrs.align.task import GROUNDING_TASKS, AlignTask
 from threedrs.config import ExperimentConfig, dump_yaml
 
 
@@ -141,10 +141,22 @@ def save_checkpoint(accelerator, folder: Path, step: int) -> Path:
     return final
 
 
-def _mean_losses(accelerator, losses: dict[str, torch.Tensor]) -> dict[str, float]:
-    names = sorted(losses)
-    stacked = torch.stack([losses[k].detach().float() for k in names])
-    return dict(zip(names, accelerator.reduce(stacked, reduction="mean").tolist()))
+def _loss_counts(tasks: list[str], names) -> dict[str, int]:
+    """How many samples of a micro-batch each logged loss averages over: "lm_loss" its text samples, "ground_loss"
+    its grounding samples, every other term all of its samples."""
+    ground = sum(t in GROUNDING_TASKS for t in tasks)
+    counts = {"lm_loss": len(tasks) - ground, "ground_loss": ground}
+    return {name: counts.get(name, len(tasks)) for name in names}
+
+
+def _mean_losses(accelerator, sums: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, float]:
+    """Sample-weighted means over the micro-batches of every process: sum(mean x count) / sum(count) per loss, so a
+    micro-batch or rank without text (grounding) samples does not pull "lm_loss" ("ground_loss") towards 0."""
+    names = sorted(sums)
+    values = torch.stack([sums[k].float() for k in names])
+    totals = accelerator.reduce(torch.stack([values, torch.tensor([float(counts[k]) for k in names],
+                                                                  device=values.device)]), reduction="sum")
+    return {k: s / max(n, 1.0) for k, s, n in zip(names, *totals.tolist())}
 
 
 def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) -> TrainResult:
@@ -206,17 +218,20 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
     tick, samples = time.perf_counter(), 0
     task.train()
     while step < t.steps:
-        step_losses = []
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
         for k in range(t.grad_accum):
             batch = next(loader).to(accelerator.device)
             sync = k == t.grad_accum - 1
             ctx = accelerator.no_sync(task) if not sync and world > 1 else nullcontext()
             with ctx, accelerator.autocast():
                 losses = task(batch)
-                accelerator.backward(losses["loss"] / t.grad_accum)
-            step_losses.append({k2: v.detach() for k2, v in losses.items()})
-        mean = {k2: torch.stack([d[k2] for d in step_losses]).mean() for k2 in step_losses[0]}
-        reduced = _mean_losses(accelerator, mean)
+                if losses["loss"].requires_grad:  # False only when every part is frozen and no head is used
+                    accelerator.backward(losses["loss"] / t.grad_accum)
+            for name, n in _loss_counts(batch.tasks, losses).items():
+                sums[name] = sums.get(name, 0.0) + losses[name].detach().float() * n
+                counts[name] = counts.get(name, 0) + n
+        reduced = _mean_losses(accelerator, sums, counts)
         if not all(math.isfinite(v) for v in reduced.values()):
             good = latest_checkpoint(out)
             raise TrainingDiverged(f"non-finite loss at step {step + 1}: {reduced}; last good checkpoint: "

@@ -35,6 +35,7 @@ class Batch:
     targets (None when no teacher), teacher_valid: [B, S, h, w] bool.  boxes: per sample the candidate boxes
     [P_i, 6] (ground truth in training, proposals at evaluation).  coord_boxes: [B, 6] Scan2Cap prompt boxes
     (NaN rows for other samples).  target_ids: indices into that sample's `boxes` of the grounding targets.
+    first_view: [B, S] bool, False for a frame that repeats an earlier one (uniform sampling of a short scan).
     """
 
     samples: list[Sample]
@@ -44,6 +45,7 @@ class Batch:
     boxes: list[Tensor]
     target_ids: list[list[int]]
     coord_boxes: Tensor
+    first_view: Tensor
     teacher: Tensor | None = None
     teacher_valid: Tensor | None = None
 
@@ -67,12 +69,17 @@ class Batch:
     def answers(self) -> list[str]:
         return [s.answer for s in self.samples]
 
+    @property
+    def pair_valid(self) -> Tensor:
+        """[B, S, h, w] tokens that may form correspondence pairs: valid depth, and a frame's first copy only."""
+        return self.token_valid & self.first_view[:, :, None, None]
+
     def to(self, device: torch.device | str) -> Batch:
         """The batch with every tensor moved to `device` (teacher targets become float32)."""
         return replace(
             self, frames=self.frames.to(device), token_points=self.token_points.to(device),
             token_valid=self.token_valid.to(device), boxes=[b.to(device) for b in self.boxes],
-            coord_boxes=self.coord_boxes.to(device),
+            coord_boxes=self.coord_boxes.to(device), first_view=self.first_view.to(device),
             teacher=None if self.teacher is None else self.teacher.to(device, torch.float32),
             teacher_valid=None if self.teacher_valid is None else self.teacher_valid.to(device))
 
@@ -166,7 +173,7 @@ class AlignTask(nn.Module):
         for layer in self.layers:
             h = hidden[layer]
             if self.loss_name == "correspondence":
-                terms.append(correspondence_loss(h, batch.token_points, batch.token_valid, self.correspondence_voxel))
+                terms.append(correspondence_loss(h, batch.token_points, batch.pair_valid, self.correspondence_voxel))
                 continue
             if batch.teacher is None:
                 raise ValueError(f"align.loss={self.loss_name} needs teacher features in the batch")

@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from threedrs.data.instances import SceneDataError
-from threedrs.data.sampling import FrameLists
+from threedrs.data.sampling import FrameLists, first_views
 from threedrs.data.scene import Scene
 from threedrs.data.tasks import Sample, load_benchmark
 from threedrs.geometry import depth_to_world, token_world_points
@@ -99,7 +99,7 @@ class SceneSampleDataset(Dataset):
         world, valid = depth_to_world(batch.depth.double(), batch.depth_K, batch.poses)
         points, token_valid = token_world_points(world, valid, self.footprints(height, width), (height, width))
         item = {"sample": sample, "frames": batch.images, "token_points": torch.nan_to_num(points).float(),
-                "token_valid": token_valid}
+                "token_valid": token_valid, "first_view": first_views(frame_ids)}
         cand = self.candidates.get(sample.scene_id)
         boxes = cand.boxes if cand is not None else torch.zeros(0, 6)
         item["boxes"] = boxes
@@ -152,7 +152,8 @@ def collate(items: list[dict]):
                  token_points=torch.stack([it["token_points"] for it in items]),
                  token_valid=torch.stack([it["token_valid"] for it in items]),
                  boxes=[it["boxes"] for it in items], target_ids=[it["target_ids"] for it in items],
-                 coord_boxes=torch.stack([it["coord_box"] for it in items]), teacher=teacher,
+                 coord_boxes=torch.stack([it["coord_box"] for it in items]),
+                 first_view=torch.stack([it["first_view"] for it in items]), teacher=teacher,
                  teacher_valid=teacher_valid if teacher is not None else None)
 
 

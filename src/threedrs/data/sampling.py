@@ -90,6 +90,20 @@ def select_frames(scene: Scene, rule: str, k: int, voxel_size: float = 0.1) -> l
     return [scene.frame_ids[i] for i in idx]
 
 
+def first_views(frame_ids: list[str]) -> torch.Tensor:
+    """[S] bool: True at the first occurrence of each frame id, False at repeats of an earlier frame.
+
+    Uniform sampling repeats frames when a scan has fewer valid frames than asked; a repeat is a copy of a view,
+    not a second view, so the 3D-awareness score and the correspondence loss must count it once.
+    """
+    seen: set[str] = set()
+    keep = []
+    for frame_id in frame_ids:
+        keep.append(frame_id not in seen)
+        seen.add(frame_id)
+    return torch.tensor(keep, dtype=torch.bool)
+
+
 class FrameLists:
     """The frame list of every scene for one (rule, k), computed once and kept in a JSON file.
 
