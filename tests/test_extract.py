@@ -190,9 +190,9 @@ def test_on_synthrooms_the_oracle_beats_appearance(tmp_path):
         result = probe_teacher(cfg)
         assert [s.source for s in result.scenes] == ["cache"] and result.scenes[0].pairs > 10
         means[name] = result.summary.sample_mean
-    # SynthRooms walls and furniture are flat-coloured, so appearance also matches well across views (about
-    # 0.97 here); the oracle, a function of the world point only, still scores higher
-    assert means["geometry"] > 0.97 and means["appearance"] < means["geometry"]
+    # the oracle is a function of the world point only (its tokens' mean points still differ a little between
+    # views); SynthRooms' textured walls and floors keep appearance clearly below it
+    assert means["geometry"] > 0.9 and means["appearance"] < means["geometry"] - 0.05, means
 
 
 @pytest.mark.gpu

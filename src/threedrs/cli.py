@@ -92,7 +92,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from threedrs.demo import main_demo
 
-    main_demo(args.out, args.seeds, args.full, args.variants, args.regenerate)
+    main_demo(args.out, args.seeds, args.full, args.variants, args.regenerate, args.posenc)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="more rooms, frames and steps (for a GPU or more time)")
     p.add_argument("--variants", action="store_true", help="also train with the teacher-free correspondence loss")
     p.add_argument("--regenerate", action="store_true", help="regenerate SynthRooms even if present")
+    p.add_argument("--posenc", action="store_true",
+                   help="add the 3D position encoding to the visual tokens (off by default in the demo, see report)")
     p.set_defaults(func=_cmd_demo)
     return parser
 

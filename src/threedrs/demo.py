@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from threedrs.config import ExperimentConfig, SynthConfig, load_config
@@ -41,10 +41,11 @@ class DemoSize:
     eval_limit: int | None = None
     width: int = 224
     height: int = 224
+    posenc: bool = False
 
 
-DEFAULT = DemoSize(scenes=40, scan_frames=16, frames=8, image=112, steps=300)
-FULL = DemoSize(scenes=120, scan_frames=24, frames=16, image=112, steps=1500)
+DEFAULT = DemoSize(scenes=40, scan_frames=16, frames=12, image=112, steps=200, lr=3e-3)
+FULL = DemoSize(scenes=120, scan_frames=24, frames=16, image=196, steps=1500)
 
 
 @dataclass(frozen=True)
@@ -88,11 +89,11 @@ def demo_config(out: Path, size: DemoSize, run: DemoRun | None = None, seed: int
         f"teacher.name={teacher}", "teacher.channels=128", f"teacher.grid=[{grid},{grid}]",
         f"teacher.batch_frames={size.frames}", f"teacher.cache_dir={out / 'cache' / teacher}",
         f"model.image_size=[{size.image},{size.image}]", f"model.tiny_seed={seed}",
-        f"align.loss={run.loss if run is not None else 'none'}",
+        f"align.loss={run.loss if run is not None else 'none'}", f"align.posenc={str(size.posenc).lower()}",
         f"train.steps={size.steps}", f"train.batch_size={size.batch_size}", "train.log_every=10",
         f"train.save_every={size.steps}", *(f"train.lr_{p}={size.lr}" for p in ("llm", "vision", "projector", "heads")),
-        "eval.probe=true", "eval.probe_layers=[-1]", "eval.meteor=false", "eval.batch_size=8",
-        "eval.max_new_tokens=12", f"eval.limit={size.eval_limit if size.eval_limit else 'null'}",
+        "eval.probe=true", "eval.probe_layers=[-1]", "eval.meteor=false", "eval.batch_size=16",
+        "eval.max_new_tokens=8", f"eval.limit={size.eval_limit if size.eval_limit else 'null'}",
     ]
     return load_config(None, values)
 
@@ -115,7 +116,7 @@ def ensure_synthrooms(cfg: SynthConfig, root: Path, regenerate: bool = False) ->
 
 
 def run_demo(out: str | Path = "demo_out", seeds: int = 1, full: bool = False, variants: bool = False,
-             regenerate: bool = False, size: DemoSize | None = None) -> Path:
+             regenerate: bool = False, posenc: bool = False, size: DemoSize | None = None) -> Path:
     """Run every stage; returns the path of report.md. `size` overrides the default/full settings (tests)."""
     from threedrs.evaluate import evaluate, write_chance_predictions
     from threedrs.extract import extract
@@ -125,6 +126,8 @@ def run_demo(out: str | Path = "demo_out", seeds: int = 1, full: bool = False, v
 
     out = Path(out)
     size = size or (FULL if full else DEFAULT)
+    if posenc:
+        size = replace(size, posenc=True)
     runs = RUNS + (VARIANT_RUNS if variants else ())
     times = StageTimes()
     shared = demo_config(out, size)
@@ -172,11 +175,11 @@ def run_demo(out: str | Path = "demo_out", seeds: int = 1, full: bool = False, v
     return report
 
 
-def main_demo(out: str, seeds: int, full: bool, variants: bool, regenerate: bool) -> None:
+def main_demo(out: str, seeds: int, full: bool, variants: bool, regenerate: bool, posenc: bool) -> None:
     """CLI entry: run the demo and point at the report."""
     if seeds < 1:
         raise ValueError(f"--seeds: need at least 1 seed, got {seeds}")
-    report = run_demo(out, seeds=seeds, full=full, variants=variants, regenerate=regenerate)
+    report = run_demo(out, seeds=seeds, full=full, variants=variants, regenerate=regenerate, posenc=posenc)
     print(f"\nFull report with figures: {report}")
 
 

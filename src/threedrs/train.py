@@ -186,9 +186,14 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
     if cfg.model.lora_rank > 0:
         apply_lora(task, cfg)
     if cfg.model.gradient_checkpointing:
-        adapter.model.gradient_checkpointing_enable()
+        adapter.model.activation_checkpointing_enable()
     optimizer = torch.optim.AdamW(parameter_groups(task, cfg), weight_decay=t.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(t.warmup_ratio * t.steps), t.steps)
+    deepspeed = accelerator.state.deepspeed_plugin
+    if deepspeed is not None:
+        if t.grad_accum > 1:  # DeepSpeed scales and steps on its own; this loop's accumulation would double it
+            raise ValueError("train.grad_accum > 1 is not supported under DeepSpeed here; raise train.batch_size")
+        deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = t.batch_size  # no loader is prepared
     # the scheduler is stepped once per optimizer step by us (a prepared one would advance once per process)
     task, optimizer = accelerator.prepare(task, optimizer)
     accelerator.register_for_checkpointing(scheduler)

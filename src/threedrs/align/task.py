@@ -134,7 +134,8 @@ class AlignTask(nn.Module):
         with token_embedding_offsets(self.adapter.model, self.coord_id, self.coord_offsets(batch)):
             out = self.adapter(batch.frames, batch.prompts, batch.answers, layers=layers, visual_offsets=offsets,
                                answer_loss=[not g for g in grounding])
-        zero = out.last_hidden.sum() * 0.0  # keeps every term connected to the graph (DDP needs it)
+        # keeps every term, and the grounding head, in the graph even when unused (DDP and FSDP need it)
+        zero = out.last_hidden.sum() * 0.0 + sum(p.sum() for p in self.grounding.parameters()) * 0.0
         task_terms = [zero] * len(grounding)
         if out.sample_lm_loss is not None:
             task_terms = [zero if g else out.sample_lm_loss[i] for i, g in enumerate(grounding)]

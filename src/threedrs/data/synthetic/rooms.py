@@ -165,16 +165,18 @@ def _shell_materials(builder: MaterialBuilder, rng: np.random.Generator) -> np.n
     """Materials of walls 0-3 (shared wallpaper), floor (tiles or planks) and ceiling; [6] indices."""
     floor_base = np.asarray(_FLOORS[int(rng.integers(len(_FLOORS)))])
     seed = int(rng.integers(2**20))
+    # shell textures have enough contrast and detail that a patch of wall or floor looks different from
+    # another patch of it: appearance alone must not make multi-view correspondence trivial
     if rng.random() < 0.5:
-        floor = builder.add(floor_base, floor_base * 0.8, "checkered", rng.uniform(1.5, 3.0), grout=0.03, seed=seed)
+        floor = builder.add(floor_base, floor_base * 0.5, "checkered", rng.uniform(3.0, 5.0), grout=0.06, seed=seed)
     else:
-        floor = builder.add(floor_base, floor_base * 0.82, "striped", rng.uniform(5, 8), axis=int(rng.integers(2)),
+        floor = builder.add(floor_base, floor_base * 0.55, "striped", rng.uniform(6, 10), axis=int(rng.integers(2)),
                             seed=seed)
     wall_base = np.asarray(_WALLS[int(rng.integers(len(_WALLS)))])
     if rng.random() < 0.5:
-        wall = builder.add(wall_base, wall_base * 0.9, "striped", rng.uniform(2, 5), axis=0, seed=seed + 1)
+        wall = builder.add(wall_base, wall_base * 0.55, "striped", rng.uniform(4, 8), axis=0, seed=seed + 1)
     else:
-        wall = builder.add(wall_base, wall_base * 0.9, "speckled", rng.uniform(3, 6), seed=seed + 1)
+        wall = builder.add(wall_base, wall_base * 0.55, "speckled", rng.uniform(6, 10), seed=seed + 1)
     ceiling = builder.add(np.array([0.95, 0.95, 0.93]), np.array([0.9, 0.9, 0.88]), "plain", 1.0, seed=seed + 2)
     return np.array([wall, wall, wall, wall, floor, ceiling], dtype=np.int64)
 
