@@ -83,6 +83,21 @@ def _comparison(results: DemoResults, a: str, b: str) -> list[str]:
     return lines
 
 
+def _versus_chance(results: DemoResults, name: str) -> str:
+    """Which Table-1 metrics of a run (mean over seeds) are above the chance policy's."""
+    if not results.chance:
+        return ""
+    chance = table1_row(results.chance)
+    runs = [table1_row(results.metrics[(name, s)]) for s in results.seeds]
+    above, below = [], []
+    for column, *_ in TABLE1_COLUMNS:
+        vals = [r[column] for r in runs if isinstance(r.get(column), (int, float)) and math.isfinite(r[column])]
+        if vals and isinstance(chance.get(column), (int, float)) and math.isfinite(chance[column]):
+            (above if sum(vals) / len(vals) > chance[column] else below).append(column)
+    return (f"- {name} is above chance on {len(above)} of {len(above) + len(below)} metrics"
+            + (f"; at or below chance on: {', '.join(below)}" if below else "") + ".")
+
+
 def write_report(out: Path, results: DemoResults, times: StageTimes) -> Path:
     """Write out/report.md and its figures; print the headline table; return the report path."""
     from threedrs.metrics.plots import plot_before_after, plot_quartiles, plot_training_curves
@@ -142,7 +157,7 @@ def write_report(out: Path, results: DemoResults, times: StageTimes) -> Path:
         "computed in the demo (it needs an 11 s Java start per run); 3D-awareness = mean cosine over "
         "cross-frame pairs of last-layer visual tokens in the same 0.1 m voxel (the paper's definition).", "",
         "## 3DRS vs baseline (paper Table 3 in miniature)", "", table3, "",
-        *_comparison(results, "baseline", "3DRS"), "",
+        _versus_chance(results, "baseline"), *_comparison(results, "baseline", "3DRS"), "",
         "## Teachers (paper Table 4 in miniature)", "", table4, "",
         *_comparison(results, "3DRS-2D", "3DRS"), "",
         "## 3D-awareness of the visual tokens (paper Fig. 3b)", "",
