@@ -131,11 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenes", default=None, help="comma-separated scene ids (default: every train and val scene)")
     p.set_defaults(func=_cmd_extract)
 
-    p = sub.add_parser("probe", help="score how 3D-aware a teacher's features are (multi-view correspondence)",
-                       description="Score the configured teacher's features, pooled to teacher.grid, with the "
-                                   "multi-view correspondence score on every scene of data.split (from the feature "
-                                   "cache when it matches the config, else computed on the fly); print a table and "
-                                   "write probe_<teacher>.json under output_dir.")
+    p = sub.add_parser("probe", help="score how 3D-aware a teacher's or an MLLM's tokens are (multi-view correspondence)",
+                       description="Score how 3D-aware a teacher's features (probe.target=teacher: pooled to "
+                                   "teacher.grid, from the feature cache when it matches) or an MLLM's visual tokens "
+                                   "(probe.target=model: at probe.layers, with the 3D position encoding when "
+                                   "probe.posenc, from probe.checkpoint or model.*) are, with the multi-view "
+                                   "correspondence score on every scene of data.split; print a table and write "
+                                   "probe_<teacher>.json / probe_model_<family>.json under output_dir.")
     _add_config_args(p)
     p.add_argument("--scenes", default=None, help="comma-separated scene ids (default: every scene of data.split)")
     p.set_defaults(func=_cmd_probe)

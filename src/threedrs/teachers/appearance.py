@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from threedrs.data.scene import FrameBatch
-from threedrs.teachers.base import Teacher, register_teacher
+from threedrs.teachers.base import PatchTeacher, register_teacher
 
 __all__ = ["AppearanceTeacher", "patch_statistics"]
 
@@ -43,7 +43,7 @@ def patch_statistics(images: Tensor, grid: tuple[int, int]) -> Tensor:
 
 
 @register_teacher("appearance")
-class AppearanceTeacher(Teacher):
+class AppearanceTeacher(PatchTeacher):
     """Weight-free 2D appearance baseline: a fixed random projection of patch colours and colour statistics.
 
     Args:
@@ -61,24 +61,6 @@ class AppearanceTeacher(Teacher):
         gen = torch.Generator().manual_seed(self.seed)
         self.register_buffer("projection", torch.randn(size, self._channels, generator=gen) / math.sqrt(size))
         self.freeze()
-
-    @property
-    def channels(self) -> int:
-        return self._channels
-
-    @property
-    def patch_size(self) -> int:
-        return self._patch
-
-    @property
-    def weights_checksum(self) -> str:
-        return "none"
-
-    def grid_for(self, height: int, width: int) -> tuple[int, int]:
-        if height < self._patch or width < self._patch:
-            raise ValueError(f"frame of {height}x{width} px is smaller than one {self._patch}x{self._patch} px patch "
-                             f"of the appearance teacher (set its patch_size lower)")
-        return height // self._patch, width // self._patch
 
     def describe(self) -> str:
         """One line for reports."""

@@ -132,6 +132,34 @@ class Teacher(nn.Module, ABC):
         return tokens, torch.ones(tokens.shape[:3], dtype=torch.bool, device=tokens.device)
 
 
+class PatchTeacher(Teacher):
+    """A weight-free teacher with one token per ``patch_size`` x ``patch_size`` px patch of the input frame.
+
+    Subclasses set ``self._channels`` and ``self._patch`` in ``__init__`` and say in ``describe`` what they are.
+    """
+
+    _channels: int
+    _patch: int
+
+    @property
+    def channels(self) -> int:
+        return self._channels
+
+    @property
+    def patch_size(self) -> int:
+        return self._patch
+
+    @property
+    def weights_checksum(self) -> str:
+        return "none"
+
+    def grid_for(self, height: int, width: int) -> tuple[int, int]:
+        if height < self._patch or width < self._patch:
+            raise ValueError(f"frame of {height}x{width} px is smaller than one {self._patch}x{self._patch} px patch "
+                             f"of the {self.name} teacher (set its patch_size lower)")
+        return height // self._patch, width // self._patch
+
+
 TeacherT = TypeVar("TeacherT", bound=type[Teacher])
 
 _REGISTRY: dict[str, Callable[..., Teacher]] = {}

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from threedrs.data.scene import FrameBatch
 from threedrs.geometry import depth_to_world, grid_footprints, token_world_points
-from threedrs.teachers.base import Teacher, check_images, register_teacher
+from threedrs.teachers.base import PatchTeacher, check_images, register_teacher
 
 __all__ = ["GeometryTeacher", "fourier_encoding", "pixel_normals"]
 
@@ -77,7 +77,7 @@ def _orthonormal_projection(rows: int, cols: int, generator: torch.Generator) ->
 
 
 @register_teacher("geometry")
-class GeometryTeacher(Teacher):
+class GeometryTeacher(PatchTeacher):
     """Upper-bound ORACLE teacher (not a learned model): Fourier features of each token's true world point.
 
     Args:
@@ -115,24 +115,6 @@ class GeometryTeacher(Teacher):
         size = 2 * frequencies + (2 * normal_freq if self.use_normals else 0)
         self.register_buffer("projection", _orthonormal_projection(size, self._channels, gen))
         self.freeze()
-
-    @property
-    def channels(self) -> int:
-        return self._channels
-
-    @property
-    def patch_size(self) -> int:
-        return self._patch
-
-    @property
-    def weights_checksum(self) -> str:
-        return "none"
-
-    def grid_for(self, height: int, width: int) -> tuple[int, int]:
-        if height < self._patch or width < self._patch:
-            raise ValueError(f"frame of {height}x{width} px is smaller than one {self._patch}x{self._patch} px patch "
-                             f"of the geometry teacher (set its patch_size lower)")
-        return height // self._patch, width // self._patch
 
     def describe(self) -> str:
         """One line for reports: what this teacher is (an oracle, not a learned model)."""
