@@ -11,7 +11,6 @@ A sample whose scene is missing from the teacher cache is an error at start-up t
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -22,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from threedrs.data.instances import SceneDataError
+from threedrs.data.instances import SceneDataError, read_json
 from threedrs.data.sampling import FrameLists, first_views
 from threedrs.data.scene import Scene
 from threedrs.data.tasks import Sample, load_benchmark
@@ -31,12 +30,9 @@ from threedrs.geometry import depth_to_world, token_world_points
 
 def read_box_table(path: Path) -> dict[str, Tensor]:
     """A V3D box table `{"scannet/<scene>": [[cx, cy, cz, dx, dy, dz], ...]}` -> scene id -> [P, 6] float32."""
-    if not path.is_file():
-        raise SceneDataError(f"{path}: box table not found")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SceneDataError(f"{path}: not valid JSON ({exc})") from None
+    raw = read_json(path, "box table")
+    if not isinstance(raw, dict):
+        raise SceneDataError(f"{path}: expected a mapping of scene -> boxes")
     out = {}
     for key, boxes in raw.items():
         t = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 6)

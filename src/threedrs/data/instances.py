@@ -93,9 +93,10 @@ def read_ply_vertices(path: str | Path) -> np.ndarray:
         return np.stack([verts["x"], verts["y"], verts["z"]], axis=1).astype(np.float64)
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path, what: str = "file") -> object:
+    """A JSON file's content; a missing or malformed file is a SceneDataError naming it (`what` it was)."""
     if not path.is_file():
-        raise SceneDataError(f"{path}: file not found")
+        raise SceneDataError(f"{path}: {what} not found")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -111,11 +112,11 @@ def read_instances(scan_dir: str | Path, scene_id: str, axis_align: np.ndarray) 
     scan_dir = Path(scan_dir)
     verts = read_ply_vertices(scan_dir / f"{scene_id}_vh_clean_2.ply")
     segs_path = scan_dir / f"{scene_id}_vh_clean_2.0.010000.segs.json"
-    seg_indices = np.asarray(_read_json(segs_path).get("segIndices", []), dtype=np.int64)
+    seg_indices = np.asarray(read_json(segs_path).get("segIndices", []), dtype=np.int64)
     if seg_indices.shape[0] != verts.shape[0]:
         raise SceneDataError(f"{segs_path}: {seg_indices.shape[0]} segIndices for {verts.shape[0]} mesh vertices")
     agg_path = scan_dir / f"{scene_id}.aggregation.json"
-    groups = _read_json(agg_path).get("segGroups")
+    groups = read_json(agg_path).get("segGroups")
     if not isinstance(groups, list):
         raise SceneDataError(f"{agg_path}: no segGroups list")
     aligned = verts @ axis_align[:3, :3].T + axis_align[:3, 3]

@@ -13,12 +13,11 @@ references. The `<image>` placeholder is not part of `prompt`: the model adapter
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from threedrs.data.instances import SceneDataError
+from threedrs.data.instances import SceneDataError, read_json
 
 TASKS = ("scanrefer", "multi3drefer", "scan2cap", "scanqa", "sqa3d")
 GROUND_TOKEN = "<ground>"  # the whole answer of a grounding sample; its hidden state is the grounding query
@@ -50,17 +49,8 @@ class Sample:
     question: str = ""  # the bare question (ScanQA, SQA3D), without situation or instruction
 
 
-def _load_json(path: Path) -> object:
-    if not path.is_file():
-        raise SceneDataError(f"{path}: annotation file not found")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SceneDataError(f"{path}: not valid JSON ({exc})") from None
-
-
 def _records(path: Path, required: tuple[str, ...]) -> list[dict]:
-    data = _load_json(path)
+    data = read_json(path, "annotation file")
     if not isinstance(data, list):
         raise SceneDataError(f"{path}: expected a JSON list of records")
     for i, rec in enumerate(data):
@@ -139,8 +129,8 @@ def sqa3d_question_type(question: str) -> str:
 
 def read_sqa3d(questions_path: Path, annotations_path: Path, split: str) -> list[Sample]:
     """SQA3D questions + annotations joined on question_id (train: one sample per situation variant)."""
-    questions = _load_json(questions_path)
-    annotations = _load_json(annotations_path)
+    questions = read_json(questions_path, "annotation file")
+    annotations = read_json(annotations_path, "annotation file")
     if not isinstance(questions, dict) or "questions" not in questions:
         raise SceneDataError(f"{questions_path}: expected a dict with a 'questions' list")
     if not isinstance(annotations, dict) or "annotations" not in annotations:
