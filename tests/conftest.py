@@ -22,3 +22,22 @@ def synthrooms_tiny(tmp_path_factory):
     generate(SynthConfig(scenes=6, frames=6, width=64, height=48, seed=3, invalid_pose_frames=1), root,
              progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def release_checkpoint(tmp_path_factory):
+    """Factory `release_checkpoint(family, variant=None, width="small", layers=2) -> Path`: a folder shaped like the
+    family's released checkpoint (release_checkpoints.py), written once per session per argument set. Shared by
+    all tests: copy it before changing any file in it."""
+    from release_checkpoints import write_release_checkpoint
+
+    cache = {}
+
+    def make(family, variant=None, width="small", layers=2):
+        key = (family, variant, width, layers)
+        if key not in cache:
+            folder = tmp_path_factory.mktemp(f"release_{family}") / "checkpoint"
+            cache[key] = write_release_checkpoint(family, folder, variant=variant, width=width, layers=layers)
+        return cache[key]
+
+    return make
