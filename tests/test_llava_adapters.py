@@ -14,7 +14,7 @@ from adapter_checks import (ANSWERS, PROMPTS, FamilySpec, avg_pool_2x2, bilinear
                             frames, llm_inputs, real_size_grid, shared)
 from transformers import LlavaNextVideoConfig, LlavaOnevisionConfig
 
-from threedrs.models.chat import ChatTemplate, VisualBlock, build_batch, pad_id_of
+from threedrs.models.prompt import ChatTemplate, PromptBuilder
 from threedrs.models.llava_next_video import LlavaNextVideoAdapter
 from threedrs.models.llava_onevision import LlavaOnevisionAdapter
 from threedrs.models.placeholder import tiny_text_config
@@ -218,32 +218,42 @@ def test_tokenizer_config_mismatch_is_refused():
 
 
 def test_answers_tokens_are_the_only_labels():
+    """NeXT-Video's default (Vicuna) template: ` {answer}` then, as it writes no end marker, the eos."""
     adapter = shared(NEXT)
+    assert (adapter.prompt.answer_lead, adapter.prompt.end) == (" ", adapter.tokenizer.eos_token)
     out = adapter(frames(), PROMPTS, ANSWERS)
     for i in range(2):
         labels = out.extras["labels"][i]
-        answer = adapter.tokenizer(ANSWERS[i] + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        answer = adapter.tokenizer(" " + ANSWERS[i] + "<|im_end|>", add_special_tokens=False)["input_ids"]
         assert labels[labels != -100].tolist() == answer
     assert adapter(frames(), PROMPTS).lm_loss is None
 
 
 def test_custom_chat_template_is_used_verbatim():
+    """A template whose generation prompt ends in a space: the answer's first word would merge with it in a
+    whole-string tokenisation, so the prompt keeps the ids generation sees and the answer is tokenised on its own."""
     base = shared(NEXT)
-    chat = ChatTemplate(system="", user="USER: ", visual_sep="\n", assistant="\nASSISTANT:\n", end="<|endoftext|>")
-    adapter = LlavaNextVideoAdapter(base.model, base.tokenizer, base.image_processor, chat)
+    template = ChatTemplate("{%- for m in messages -%}{{- m['role'] ~ '> ' -}}{%- for c in m['content'] -%}"
+                            "{{- '<video>' if c['type'] == 'video' else c['text'] -}}{%- endfor -%}"
+                            "{{- '<|endoftext|>' -}}{%- endfor -%}"
+                            "{%- if add_generation_prompt -%}{{- 'assistant> ' -}}{%- endif -%}", "test")
+    adapter = LlavaNextVideoAdapter(base.model, base.tokenizer, base.image_processor, template)
     out = adapter(frames(b=1), PROMPTS[:1], ANSWERS[:1])
-    text = "USER: " + NEXT.visual_text(adapter, 2) + "\n" + PROMPTS[0] + "\nASSISTANT:\n" + ANSWERS[0] + "<|endoftext|>"
-    assert out.input_ids[0].tolist() == adapter.tokenizer(text)["input_ids"]
+    prompt = adapter.tokenizer("user> " + NEXT.visual_text(adapter, 2) + PROMPTS[0] + "<|endoftext|>assistant> ")
+    answer = adapter.tokenizer(ANSWERS[0] + "<|endoftext|>")["input_ids"]
+    assert out.input_ids[0].tolist() == prompt["input_ids"] + answer
     labels = out.extras["labels"][0]
-    assert labels[labels != -100].tolist() == adapter.tokenizer(ANSWERS[0] + "<|endoftext|>")["input_ids"]
+    assert labels[labels != -100].tolist() == answer
+    whole = adapter.tokenizer("assistant> " + ANSWERS[0])["input_ids"]
+    assert whole[:len(adapter.tokenizer("assistant> ")["input_ids"])] != adapter.tokenizer("assistant> ")["input_ids"]
 
 
 def test_sequence_building_errors():
     adapter = shared(NEXT)
-    block = VisualBlock(ids=[1, 1], grid=[0, 1], extra=[])
     with pytest.raises(ValueError, match="padding_side"):
-        build_batch(adapter.tokenizer, adapter.chat, block, PROMPTS, None, padding_side="middle")
+        adapter.prompt.batch(adapter._visual_layout(2), PROMPTS, None, padding_side="middle")
     with pytest.raises(ValueError, match="prompts: every entry must be a string"):
         adapter(frames(), ["a", 3])
+    no_pad = SimpleNamespace(pad_token_id=None, eos_token_id=None)
     with pytest.raises(ValueError, match="tokenizer: has neither a pad nor an eos token"):
-        pad_id_of(SimpleNamespace(pad_token_id=None, eos_token_id=None))
+        PromptBuilder.pad_id(SimpleNamespace(tokenizer=no_pad))

@@ -11,7 +11,7 @@ import torch
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from threedrs.models.qwen2_vl import Qwen2VLAdapter
-from threedrs.models.qwen2_vl_inputs import patchify, resize_frames
+from threedrs.models.qwen2_vl_pixels import patchify, resize_frames
 
 FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
 PROMPTS = ["what colour is the chair", "where is the red table next to the window"]
@@ -25,7 +25,7 @@ def adapter(request) -> Qwen2VLAdapter:
 
 def frames_for(adapter: Qwen2VLAdapter, b: int = 2, s: int = 3, size: tuple[int, int] | None = None,
                seed: int = 0) -> torch.Tensor:
-    height, width = size if size is not None else adapter.pixels.image_size
+    height, width = size if size is not None else adapter.pixels.image_size  # the tiny models' fixed 42x56
     return torch.rand(b, s, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
 
@@ -62,7 +62,7 @@ def test_patchify_equals_pil_processor(adapter):
 
 def test_patch_rows_follow_merged_tokens_row_major(adapter):
     spec = adapter.pixels
-    h, w = spec.grid
+    h, w = spec.grid_for(*spec.image_size)
     t = spec.token_pixels
     image = torch.zeros(1, 3, *spec.image_size)
     for r in range(h):
@@ -113,7 +113,7 @@ def test_visual_hidden_equal_independent_gather(adapter):
     frames = frames_for(adapter)
     out = adapter(frames, PROMPTS, ANSWERS, layers=(0, 1, -1))
     ref = hf_reference(adapter, frames, out)
-    h, w = adapter.pixels.grid
+    h, w = adapter.token_grid(*adapter.pixels.image_size)
     image_id = adapter.model.config.image_token_id
     ids = out.input_ids
     for i, pos_list in enumerate(image_pad_positions(ids, image_id)):
@@ -190,7 +190,7 @@ def test_gradients_reach_llm_and_merger(adapter):
 # --------------------------------------------------------------------------------------------------- offsets
 def test_zero_offsets_change_nothing_and_nonzero_change_visuals(adapter):
     frames = frames_for(adapter)
-    h, w = adapter.pixels.grid
+    h, w = adapter.token_grid(*adapter.pixels.image_size)
     base = adapter(frames, PROMPTS, ANSWERS)
     zero = adapter(frames, PROMPTS, ANSWERS, visual_offsets=torch.zeros(2, 3, h, w, adapter.hidden_size))
     torch.testing.assert_close(zero.lm_loss, base.lm_loss, atol=0, rtol=0)
@@ -211,7 +211,7 @@ def test_offsets_land_exactly_on_visual_positions(adapter):
         captured.append(kwargs["inputs_embeds"].detach().clone())
 
     frames = frames_for(adapter)
-    h, w = adapter.pixels.grid
+    h, w = adapter.token_grid(*adapter.pixels.image_size)
     offsets = torch.randn(2, 3, h, w, adapter.hidden_size)
     handle = adapter.model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
     try:
@@ -253,7 +253,8 @@ def manual_greedy(adapter: Qwen2VLAdapter, frames, prompts, steps: int, offsets)
 
     batch, pixel_values, grid = adapter.build_inputs(frames, prompts, None, "left")
     with torch.no_grad():
-        feats = adapter.image_features(pixel_values, grid, frames.shape[:2], offsets)
+        feats = adapter.image_features(pixel_values, grid, frames.shape[:2],
+                                       adapter.token_grid(*frames.shape[-2:]), offsets)
         ids, mask = batch.input_ids, batch.attention_mask
         suppressed = adapter.placeholder_ids()
         for _ in range(steps):
@@ -274,7 +275,7 @@ def manual_greedy(adapter: Qwen2VLAdapter, frames, prompts, steps: int, offsets)
 
 def test_generate_is_greedy_deterministic_and_uses_offsets_in_prefill(adapter):
     frames = frames_for(adapter)
-    h, w = adapter.pixels.grid
+    h, w = adapter.token_grid(*adapter.pixels.image_size)
     offsets = torch.randn(2, 3, h, w, adapter.hidden_size, generator=torch.Generator().manual_seed(1))
     first = adapter.generate(frames, PROMPTS, max_new_tokens=4)
     assert isinstance(first, list) and len(first) == 2 and all(isinstance(t, str) for t in first)
@@ -287,21 +288,23 @@ def test_generate_is_greedy_deterministic_and_uses_offsets_in_prefill(adapter):
 # ------------------------------------------------------------------------------------------------- bad input
 def test_bad_inputs_raise_clear_errors(adapter):
     frames = frames_for(adapter)
-    h, w = adapter.pixels.grid
+    h, w = adapter.token_grid(*adapter.pixels.image_size)
     with pytest.raises(ValueError, match="frames: expected"):
         adapter(frames[0], PROMPTS, ANSWERS)
-    with pytest.raises(ValueError, match="prompts: expected a list of 2"):
+    with pytest.raises(ValueError, match="prompts: expected 2 entries"):
         adapter(frames, PROMPTS[:1], ANSWERS)
     with pytest.raises(ValueError, match="prompts: expected a list of 2"):
         adapter(frames, "one prompt", ANSWERS)
-    with pytest.raises(ValueError, match="answers: expected a list of 2"):
+    with pytest.raises(ValueError, match="answers: expected 2 entries"):
         adapter(frames, PROMPTS, ANSWERS + ["extra"])
     with pytest.raises(ValueError, match="visual_offsets: expected shape"):
         adapter(frames, PROMPTS, ANSWERS, visual_offsets=torch.zeros(2, 3, w, h, adapter.hidden_size))
     with pytest.raises(ValueError, match="layers: indices"):
         adapter(frames, PROMPTS, ANSWERS, layers=(5,))
-    with pytest.raises(ValueError, match="placeholder tokens"):
+    with pytest.raises(ValueError, match="prompts: the text must not contain the visual placeholder"):
         adapter(frames, ["look <|image_pad|>", "x"], ANSWERS)
+    with pytest.raises(ValueError, match="prompts/answers: expected .* visual tokens .* in the prompt only"):
+        adapter(frames, PROMPTS, ["<|image_pad|>", "x"])
     with pytest.raises(ValueError, match="max_new_tokens"):
         adapter.generate(frames, PROMPTS, max_new_tokens=0)
     with pytest.raises(ValueError, match="smaller than"):
@@ -330,7 +333,8 @@ def test_save_and_load_round_trip(adapter, tmp_path):
     adapter.save_pretrained(tmp_path)
     loaded = Qwen2VLAdapter.from_pretrained(tmp_path, family=adapter.family, image_size=adapter.pixels.image_size)
     assert type(loaded.model) is type(adapter.model)
-    assert loaded.ids == adapter.ids and loaded.pixels == adapter.pixels
+    assert loaded.placeholder_ids() == adapter.placeholder_ids() and loaded.pixels == adapter.pixels
+    assert loaded.prompt.template.text == adapter.prompt.template.text
     frames = frames_for(adapter)
     a = adapter(frames, PROMPTS, ANSWERS)
     b = loaded(frames, PROMPTS, ANSWERS)

@@ -108,7 +108,8 @@ class ModelConfig:
 
     family: Literal["qwen2_vl", "qwen2_5_vl", "llava_onevision", "llava_next_video", "internvl"] = "qwen2_vl"
     path: str | None = None  # local Hugging Face model folder; None = a tiny random model (tests, demo)
-    image_size: tuple[int, int] | None = None  # (height, width) frames are resized to; None = family default
+    image_size: Literal["native"] | tuple[int, int] | None = None  # (height, width); native: Qwen's processor size
+    newline: Literal["auto", "grid", "video", "none"] = "auto"  # LLaVA newline per frame row / per video / none
     tiny_seed: int = 0  # seed of the tiny random model when path is None
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     lora_rank: int = 0  # LoRA rank on the LLM's linear layers through PEFT; 0 = full fine-tuning
@@ -118,8 +119,14 @@ class ModelConfig:
 
     def validate(self) -> None:
         _check(self.lora_rank >= 0, "model.lora_rank", "must be >= 0 (0 = off)")
-        if self.image_size is not None:
+        if self.image_size == "native":
+            _check(self.family in ("qwen2_vl", "qwen2_5_vl"), "model.image_size",
+                   f"native resolution is for qwen2_vl / qwen2_5_vl; {self.family} resizes to its tower's input")
+        elif self.image_size is not None:
             _check(min(self.image_size) >= 1, "model.image_size", "height and width must be positive")
+        _check(self.newline == "auto" or self.family in ("llava_onevision", "llava_next_video"), "model.newline",
+               f"only the LLaVA families (llava_onevision, llava_next_video) have newline embeddings, not "
+               f"{self.family}")
 
 
 @dataclass
@@ -355,7 +362,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return _convert(value, arg, key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+        raise ConfigError("; or ".join(errors) if errors else f"{key}: bad value {value!r}")
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(a) for a in args)}")

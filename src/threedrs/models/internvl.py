@@ -1,7 +1,8 @@
 """InternVL adapter (HF `InternVLForConditionalGeneration`, model_type "internvl"; InternVL2.5 / 3 / 3.5 "-hf").
 
-Frames enter the way transformers' InternVL processor writes a video: frame i (1-based) becomes
-`Frame{i}: <img>` + `<IMG_CONTEXT>` x (h*w) + `</img>`, frames separated by "\\n", each frame ONE tile at the vision
+Frames enter the way transformers' InternVL processor writes a video: the chat template's `<video>` becomes, for
+frame i (1-based), `Frame{i}: <img>` + `<IMG_CONTEXT>` x (h*w) + `</img>`, frames separated by "\\n", each frame ONE
+tile at the vision
 input size (448 x 448; no dynamic tiling, no thumbnail). Following `InternVLModel.get_image_features`, the tile is
 encoded into n x n patches (32 x 32 at 448 / 14), the CLS token dropped, pixel shuffle (downsample_ratio 0.5)
 merges each 2 x 2 block of patches into one token (16 x 16 = 256 tokens per frame) and the projector maps it to the
@@ -20,8 +21,8 @@ from torch import Tensor, nn
 from transformers import InternVLConfig, InternVLForConditionalGeneration
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
-from threedrs.models.chat import ChatTemplate, VisualBlock
 from threedrs.models.placeholder import CHATML_TOKENS, PlaceholderAdapter, pooled_edges, tiny_text_config
+from threedrs.models.prompt import ChatTemplate, VisualLayout
 from threedrs.models.tiny import offline_tokenizer
 
 INTERNVL_TOKENS = CHATML_TOKENS + ["<img>", "</img>", "<IMG_CONTEXT>"]
@@ -37,19 +38,23 @@ class InternVLAdapter(PlaceholderAdapter):
     model_class = InternVLForConditionalGeneration
     processor_class = GotOcr2ImageProcessorPil
 
-    def __init__(self, model: nn.Module, tokenizer, image_processor, chat: ChatTemplate | None = None):
-        super().__init__(model, tokenizer, image_processor, chat)
-        vocab = tokenizer.get_vocab()
-        missing = [t for t in ("<img>", "</img>", "<IMG_CONTEXT>") if t not in vocab]
-        if missing:
-            raise ValueError(f"tokenizer: InternVL tokens missing: {missing}")
-        if vocab["<IMG_CONTEXT>"] != int(model.config.image_token_id):
-            raise ValueError(f"tokenizer: '<IMG_CONTEXT>' has id {vocab['<IMG_CONTEXT>']}, but the model config's "
-                             f"image_token_id is {model.config.image_token_id}")
+    def __init__(self, model: nn.Module, tokenizer, image_processor, template: ChatTemplate | None = None):
+        super().__init__(model, tokenizer, image_processor, template)
         size = model.config.vision_config.image_size
         if size[0] != size[1]:
             raise ValueError(f"vision_config.image_size: InternVL tiles are square, got {tuple(size)}")
+        vocab = tokenizer.get_vocab()
         self.start_id, self.end_id, self.context_id = vocab["<img>"], vocab["</img>"], vocab["<IMG_CONTEXT>"]
+
+    @classmethod
+    def check_tokenizer(cls, tokenizer, config, where: str) -> None:
+        vocab = tokenizer.get_vocab()
+        missing = [t for t in ("<img>", "</img>", "<IMG_CONTEXT>") if t not in vocab]
+        if missing:
+            raise ValueError(f"{where}: InternVL tokens missing: {missing}")
+        if vocab["<IMG_CONTEXT>"] != int(config.image_token_id):
+            raise ValueError(f"{where}: '<IMG_CONTEXT>' has id {vocab['<IMG_CONTEXT>']}, but the model config's "
+                             f"image_token_id is {config.image_token_id}")
 
     @property
     def _frame_side(self) -> int:
@@ -76,16 +81,13 @@ class InternVLAdapter(PlaceholderAdapter):
         edges = pooled_edges(self._patches, self._merge)
         return edges, edges
 
-    def _visual_block(self, num_frames: int) -> VisualBlock:
+    def _visual_layout(self, num_frames: int) -> VisualLayout:
+        """The video's `Frame{i}: <img><IMG_CONTEXT>...</img>` lines (InternVLProcessor.replace_video_token)."""
         h, w = self.token_grid(1, 1)
-        ids: list[int] = []
-        grid: list[int] = []
-        for i in range(num_frames):
-            label = ("\n" if i else "") + f"Frame{i + 1}: "
-            ids += list(self.tokenizer(label, add_special_tokens=False)["input_ids"]) + [self.start_id]
-            grid += range(len(ids), len(ids) + h * w)
-            ids += [self.context_id] * (h * w) + [self.end_id]
-        return VisualBlock(ids=ids, grid=grid, extra=[])
+        frame = "<img>" + "<IMG_CONTEXT>" * (h * w) + "</img>"
+        text = "\n".join(f"Frame{i + 1}: {frame}" for i in range(num_frames))
+        return VisualLayout(items=[{"type": "video"}], expansions=[text], token_id=self.context_id,
+                            grid_mask=[True] * (num_frames * h * w))
 
     def _encode(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         b, s = pixels.shape[:2]
@@ -106,11 +108,11 @@ class InternVLAdapter(PlaceholderAdapter):
                 "llm": [inner.language_model, self.model.lm_head]}
 
     @classmethod
-    def tiny(cls, seed: int = 0, image_size: int = 56, patch_size: int = 7,
-             chat: ChatTemplate | None = None) -> InternVLAdapter:
+    def tiny(cls, seed: int = 0, image_size: int = 56, patch_size: int = 7) -> InternVLAdapter:
         """A random tiny InternVL: InternViT (1 layer, hidden 32) + Qwen2 (2 layers, hidden 64), offline tokenizer
-        with ChatML markers, `<img>`, `</img>`, `<IMG_CONTEXT>`. The default 56 / 7 gives 8 x 8 patches shuffled to
-        4 x 4 tokens. Deterministic per seed; the global RNG state is left untouched."""
+        with ChatML markers, `<img>`, `</img>`, `<IMG_CONTEXT>` (no chat template: the family default). The default
+        56 / 7 gives 8 x 8 patches shuffled to 4 x 4 tokens. Deterministic per seed; the global RNG state is left
+        untouched."""
         tokenizer = offline_tokenizer(INTERNVL_TOKENS, eos_token="<|im_end|>", pad_token="<|endoftext|>")
         grid = (image_size // patch_size) // 2
         config = InternVLConfig(
@@ -125,4 +127,4 @@ class InternVLAdapter(PlaceholderAdapter):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = cls.model_class(config)
-        return cls(model.eval(), tokenizer, processor, chat)
+        return cls(model.eval(), tokenizer, processor)

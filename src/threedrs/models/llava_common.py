@@ -3,11 +3,15 @@
 Both families encode a video frame by frame (vision tower on each frame, no any-res tiling), pool each frame's
 patch grid and write the result into a run of `<video>` placeholder tokens, which is what they are trained to do with
 many frames and gives one clean grid per frame. The subclasses differ in the pooling (OneVision: bilinear to
-ceil(n/2) after the projector, then ONE newline embedding after the last frame; NeXT-Video: 2x2 average pooling
-before the projector, no newline) and in the vision tower (SigLIP / CLIP).
+ceil(n/2) after the projector; NeXT-Video: 2x2 average pooling before the projector) and in the vision tower
+(SigLIP / CLIP). The model's own `get_video_features` gives the grid in (frame, row, col) order.
 
-The visual block is `<video>` x (S*h*w + newline_tokens); the model's own `get_video_features` returns the
-embeddings in exactly this order, and the first S*h*w of them are the grid in (frame, row, col) order.
+Newline embeddings (`newline`, the learned `image_newline` vector of the checkpoint):
+- "video": ONE after the last frame (transformers' LLaVA-OneVision video layout; S*h*w + 1 tokens);
+- "grid": one after EACH ROW of each frame (the layout LLaVA-Video-7B-Qwen2 is trained with in LLaVA-NeXT's
+  `mm_newline_position: grid`, which Video-3D LLM and 3DRS use: h x (w+1) tokens per frame, 14 x 15 at 384 px);
+- "none": no newline (transformers' LLaVA-NeXT-Video video layout).
+The `<video>` run is the grid and newline tokens in that order; newlines are never supervised and get no 3D offset.
 """
 
 from __future__ import annotations
@@ -15,32 +19,44 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from threedrs.models.chat import ChatTemplate, VisualBlock
 from threedrs.models.placeholder import CHATML_TOKENS, PlaceholderAdapter, tiny_text_config
+from threedrs.models.prompt import ChatTemplate, VisualLayout
 from threedrs.models.tiny import offline_tokenizer
 
 LLAVA_TOKENS = CHATML_TOKENS + ["<image>", "<video>"]
+NEWLINES = ("grid", "video", "none")
 
 
 class LlavaVideoAdapter(PlaceholderAdapter):
     """Common base of the LLaVA video adapters (see the module docstring); not used directly.
 
-    Subclasses set `model_type`, `model_class`, `config_class`, `processor_class`, `newline_tokens`,
+    Subclasses set `model_type`, `model_class`, `config_class`, `processor_class`, `default_newline`,
     `default_mean` / `default_std` and implement `token_grid`, `_edges` and `_tiny_vision_config`.
+    newline: "grid" | "video" | "none" (module docstring); None = the family's transformers layout.
     """
 
     config_class: type  # the HF config class
-    newline_tokens: int = 0  # model-made embeddings after the last frame's grid
+    default_newline: str = "none"  # the newline layout of transformers' own video path for this family
     default_mean: tuple[float, float, float]  # image mean / std of the family's vision tower (tiny models)
     default_std: tuple[float, float, float]
 
-    def __init__(self, model: nn.Module, tokenizer, image_processor, chat: ChatTemplate | None = None):
-        super().__init__(model, tokenizer, image_processor, chat)
-        video_id = int(model.config.video_token_id)
+    def __init__(self, model: nn.Module, tokenizer, image_processor, template: ChatTemplate | None = None,
+                 newline: str | None = None):
+        newline = newline or self.default_newline
+        if newline not in NEWLINES:
+            raise ValueError(f"newline: expected one of {', '.join(NEWLINES)}, got {newline!r}")
+        super().__init__(model, tokenizer, image_processor, template)
+        self.newline = newline
+        self.video_token_id = int(model.config.video_token_id)
+
+    @classmethod
+    def check_tokenizer(cls, tokenizer, config, where: str) -> None:
+        video_id = int(config.video_token_id)
+        if "<video>" not in tokenizer.get_vocab():
+            raise ValueError(f"{where}: no '<video>' token (the {cls.family} video placeholder)")
         if tokenizer.convert_tokens_to_ids("<video>") != video_id:
-            raise ValueError(f"tokenizer: '<video>' has id {tokenizer.convert_tokens_to_ids('<video>')}, but the "
+            raise ValueError(f"{where}: '<video>' has id {tokenizer.convert_tokens_to_ids('<video>')}, but the "
                              f"model config's video_token_id is {video_id}")
-        self.video_token_id = video_id
 
     @property
     def _frame_side(self) -> int:
@@ -52,20 +68,29 @@ class LlavaVideoAdapter(PlaceholderAdapter):
         vision = self.model.config.vision_config
         return int(vision.image_size) // int(vision.patch_size)
 
-    def _visual_block(self, num_frames: int) -> VisualBlock:
+    def _visual_layout(self, num_frames: int) -> VisualLayout:
+        """`<video>` x (grid + newline tokens), the grid mask per `newline` (module docstring)."""
         h, w = self.token_grid(1, 1)
-        n = num_frames * h * w
-        return VisualBlock(ids=[self.video_token_id] * (n + self.newline_tokens), grid=list(range(n)),
-                           extra=list(range(n, n + self.newline_tokens)))
+        if self.newline == "grid":
+            mask = ([True] * w + [False]) * (num_frames * h)
+        else:
+            mask = [True] * (num_frames * h * w) + [False] * (self.newline == "video")
+        return VisualLayout(items=[{"type": "video"}], expansions=["<video>" * len(mask)],
+                            token_id=self.video_token_id, grid_mask=mask)
 
     def _encode(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        """Grid [B, S, h, w, D] from transformers' `get_video_features` (its own newline dropped) and the newline
+        embeddings [B, n, D] of this layout (the checkpoint's `image_newline`, gradients flow to it)."""
         b, s = pixels.shape[:2]
         h, w = self.token_grid(1, 1)
         feats = self.model.model.get_video_features(pixel_values_videos=pixels, return_dict=True).pooler_output
-        if feats.shape[1] != s * h * w + self.newline_tokens:
-            raise RuntimeError(f"video features: expected {s * h * w + self.newline_tokens} tokens per sample "
-                               f"for {s} frames of {h}x{w}, the model returned {feats.shape[1]}")
-        return feats[:, :s * h * w].reshape(b, s, h, w, -1), feats[:, s * h * w:]
+        if feats.shape[1] < s * h * w:
+            raise RuntimeError(f"video features: expected {s * h * w} grid tokens per sample for {s} frames of "
+                               f"{h}x{w}, the model returned {feats.shape[1]}")
+        grid = feats[:, :s * h * w].reshape(b, s, h, w, -1)
+        count = {"grid": s * h, "video": 1, "none": 0}[self.newline]
+        newline = self.model.model.image_newline.to(grid.dtype)
+        return grid, newline.expand(b, count, -1)
 
     def placeholder_ids(self) -> list[int]:
         """`<image>` and `<video>` ids (generation never emits them)."""
@@ -84,10 +109,10 @@ class LlavaVideoAdapter(PlaceholderAdapter):
         raise NotImplementedError
 
     @classmethod
-    def _tiny(cls, seed: int, image_size: int, patch_size: int, chat: ChatTemplate | None) -> LlavaVideoAdapter:
+    def _tiny(cls, seed: int, image_size: int, patch_size: int, newline: str | None) -> LlavaVideoAdapter:
         """A random tiny model of this family: the vision config of `_tiny_vision_config`, a 2-layer Qwen2 LLM
-        (hidden 64) and an offline tokenizer with ChatML markers, `<image>` and `<video>`; deterministic per seed,
-        the global RNG state is left untouched."""
+        (hidden 64) and an offline tokenizer with ChatML markers, `<image>` and `<video>` (no chat template: the
+        family default); deterministic per seed, the global RNG state is left untouched."""
         tokenizer = offline_tokenizer(LLAVA_TOKENS, eos_token="<|im_end|>", pad_token="<|endoftext|>")
         config = cls.config_class(text_config=tiny_text_config(len(tokenizer)),
                                   vision_config=cls._tiny_vision_config(image_size, patch_size),
@@ -99,4 +124,4 @@ class LlavaVideoAdapter(PlaceholderAdapter):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = cls.model_class(config)
-        return cls(model.eval(), tokenizer, processor, chat)
+        return cls(model.eval(), tokenizer, processor, newline=newline)

@@ -4,7 +4,8 @@ Frames enter as one video per sample (llava_common.py); following transformers'
 `LlavaNextVideoModel.get_video_features`, each frame is resized to the vision input (CLIP-L/336: 336 x 336 -> 24 x 24
 patches), the CLS token is dropped, the patch grid is pooled with the config's `spatial_pool_mode`
 (average / max / conv) and stride (2) BEFORE the projector (24 x 24 -> 12 x 12 = 144 tokens), and there is no
-newline token for videos.
+newline token for videos (the default here too; `newline="grid"` / `"video"` use the checkpoint's `image_newline`,
+see llava_common.py).
 
 Frames are resized to the square input without the video processor's centre crop, so that every pixel of the frame
 is seen and the footprints tile the frame. Footprints: token i pools patches [i*stride, (i+1)*stride); when the
@@ -19,13 +20,12 @@ from fractions import Fraction
 from transformers import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
-from threedrs.models.chat import ChatTemplate
 from threedrs.models.llava_common import LlavaVideoAdapter
 from threedrs.models.placeholder import pooled_edges
 
 
 class LlavaNextVideoAdapter(LlavaVideoAdapter):
-    """LLaVA-NeXT-Video: frames as a video, stride x stride pooling of the patch grid, no newline.
+    """LLaVA-NeXT-Video: frames as a video, stride x stride pooling of the patch grid, no newline by default.
 
     Token grid per frame: (n // stride) x (n // stride) with n = image_size // patch_size (12 x 12 at 336 / 14).
     """
@@ -35,7 +35,7 @@ class LlavaNextVideoAdapter(LlavaVideoAdapter):
     model_class = LlavaNextVideoForConditionalGeneration
     config_class = LlavaNextVideoConfig
     processor_class = LlavaNextImageProcessorPil
-    newline_tokens = 0
+    default_newline = "none"  # transformers' LlavaNextVideoModel.get_video_features
     default_mean = (0.48145466, 0.4578275, 0.40821073)  # CLIP
     default_std = (0.26862954, 0.26130258, 0.27577711)
 
@@ -61,9 +61,9 @@ class LlavaNextVideoAdapter(LlavaVideoAdapter):
 
     @classmethod
     def tiny(cls, seed: int = 0, image_size: int = 56, patch_size: int = 7,
-             chat: ChatTemplate | None = None) -> LlavaNextVideoAdapter:
+             newline: str | None = None) -> LlavaNextVideoAdapter:
         """A random tiny LLaVA-NeXT-Video: CLIP (2 layers, hidden 32) + Qwen2 (2 layers, hidden 64), offline.
 
         The default 56 / 7 gives 8 x 8 patches average-pooled to 4 x 4, like the real 24 x 24 -> 12 x 12.
         """
-        return cls._tiny(seed, image_size, patch_size, chat)
+        return cls._tiny(seed, image_size, patch_size, newline)

@@ -3,8 +3,10 @@
 Also the HF format of LLaVA-Video-7B-Qwen2, 3DRS's default model. Frames enter as one video per sample
 (llava_common.py); following transformers' `LlavaOnevisionModel.get_video_features`, each frame is resized to the
 SigLIP input (384 x 384), encoded into n x n patches (27 x 27 at 384 / 14), projected, then bilinearly resized
-(align_corners=False) to ceil(n/2) x ceil(n/2) (14 x 14 = 196 tokens); ONE learned newline embedding follows the
-last frame. The newline is excluded from the grid and gets no offset.
+(align_corners=False) to ceil(n/2) x ceil(n/2) (14 x 14 = 196 tokens). Newlines (llava_common.py): by default ONE
+learned newline embedding follows the last frame, as in transformers; `newline="grid"` writes one after each row of
+each frame (14 x 15 tokens per frame), the layout LLaVA-Video-7B-Qwen2 is trained with by Video-3D LLM and 3DRS.
+Newlines are excluded from the grid and get no offset.
 
 Footprints: bilinear resizing puts output token i's sample point at the centre of the band [i/h, (i+1)/h) of the
 frame, so token (i, j) covers rows [i*H/h, (i+1)*H/h) and columns [j*W/w, (j+1)*W/w) of the original frame
@@ -19,12 +21,11 @@ from fractions import Fraction
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
 
-from threedrs.models.chat import ChatTemplate
 from threedrs.models.llava_common import LlavaVideoAdapter
 
 
 class LlavaOnevisionAdapter(LlavaVideoAdapter):
-    """LLaVA-OneVision / LLaVA-Video: frames as a video, bilinear pooling, one newline per video.
+    """LLaVA-OneVision / LLaVA-Video: frames as a video, bilinear pooling, one newline per video by default.
 
     Token grid per frame: ceil(n/2) x ceil(n/2) with n = image_size // patch_size (14 x 14 at 384 / 14).
     """
@@ -34,7 +35,7 @@ class LlavaOnevisionAdapter(LlavaVideoAdapter):
     model_class = LlavaOnevisionForConditionalGeneration
     config_class = LlavaOnevisionConfig
     processor_class = LlavaOnevisionImageProcessorPil
-    newline_tokens = 1
+    default_newline = "video"  # transformers' LlavaOnevisionModel.get_video_features
     default_mean = (0.5, 0.5, 0.5)  # SigLIP
     default_std = (0.5, 0.5, 0.5)
 
@@ -56,9 +57,9 @@ class LlavaOnevisionAdapter(LlavaVideoAdapter):
 
     @classmethod
     def tiny(cls, seed: int = 0, image_size: int = 63, patch_size: int = 7,
-             chat: ChatTemplate | None = None) -> LlavaOnevisionAdapter:
+             newline: str | None = None) -> LlavaOnevisionAdapter:
         """A random tiny LLaVA-OneVision: SigLIP (1 layer, hidden 32) + Qwen2 (2 layers, hidden 64), offline.
 
         The default 63 / 7 gives an odd 9 x 9 patch grid pooled to 5 x 5, like the real 27 x 27 -> 14 x 14.
         """
-        return cls._tiny(seed, image_size, patch_size, chat)
+        return cls._tiny(seed, image_size, patch_size, newline)

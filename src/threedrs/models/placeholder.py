@@ -7,8 +7,9 @@ How a forward pass runs (the same for the three families; only the visual block 
 2. the family's own HF code encodes them (vision tower, projector, pooling / pixel shuffle) into a per-frame grid
    [B, S, h, w, D] of projected embeddings (+ model-made extras such as LLaVA-OneVision's newline);
 3. `visual_offsets` (e.g. the 3D position encoding) are ADDED to the grid embeddings (never to extras);
-4. the text embeddings of the token sequence (chat.py) get the visual embeddings written at the placeholder
-   positions and the LLM runs on `inputs_embeds` (no fork of transformers: the HF classes are used as they are);
+4. the text embeddings of the token sequence (prompt.py: the checkpoint's chat template, the placeholder expanded as
+   the family's processor expands it) get the visual embeddings written at the placeholder positions and the LLM
+   runs on `inputs_embeds` (no fork of transformers: the HF classes are used as they are);
 5. the LM loss is a mean cross-entropy over the answer tokens, computed from logits at those positions only (the
    full [B, L, vocab] logits are never built); hidden states are gathered at the grid positions.
 
@@ -26,12 +27,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from threedrs.models.base import (AdapterOutput, MLLMAdapter, VisualTokens, answer_cross_entropy, check_frames,
                                   drop_answer_loss)
-from threedrs.models.chat import (ChatTemplate, TokenBatch, VisualBlock, build_batch, check_texts,
-                                  pad_id_of, stop_ids)
+from threedrs.models.prompt import (ChatTemplate, PromptBuilder, TokenBatch, VisualLayout, check_texts,
+                                    read_chat_template)
 
 CHATML_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
@@ -86,43 +87,59 @@ def pooled_edges(patches: int, stride: int) -> list[Fraction]:
 
 
 class PlaceholderAdapter(MLLMAdapter):
-    """Base of the placeholder-token adapters; subclasses supply the family's block, encoder and parts.
+    """Base of the placeholder-token adapters; subclasses supply the family's layout, encoder and parts.
 
-    Subclass hooks: `model_type` (config.json's model_type), `_frame_side` (vision input side, pixels),
-    `token_grid`, `_edges()`, `_visual_block(num_frames)`, `_encode(pixels) -> (grid [B,S,h,w,D], extra [B,n,D])`
-    and `_part_modules()`.
+    Subclass hooks: `model_type` (config.json's model_type), `placeholder` / `visual_item` (what the chat template
+    writes for the frames), `check_tokenizer(tokenizer, config, where)`, `_frame_side` (vision input side, pixels),
+    `token_grid`, `_edges()`, `_visual_layout(num_frames)`, `_encode(pixels) -> (grid [B,S,h,w,D], extra [B,n,D])`
+    and `_part_modules()`. template: the chat template (None: the tokenizer's own, else the family default).
     """
 
     model_type: str = ""  # config.json's model_type of the family's checkpoints
     model_class: type  # the HF ...ForConditionalGeneration class
     processor_class: type  # its PIL image processor (mean / std; saved with the model)
+    placeholder: str = "<video>"  # the text the chat template writes for the frames
+    visual_item: str = "video"  # the frames are given to the template as one video
 
-    def __init__(self, model: nn.Module, tokenizer, image_processor, chat: ChatTemplate | None = None):
+    def __init__(self, model: nn.Module, tokenizer, image_processor, template: ChatTemplate | None = None):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor
-        self.chat = chat or ChatTemplate()
+        self.check_tokenizer(tokenizer, model.config, "tokenizer")
+        template = template or read_chat_template(None, tokenizer, self.family)
+        self.prompt = PromptBuilder(tokenizer, template, self.placeholder, self.visual_item)
         mean = torch.tensor(image_processor.image_mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(image_processor.image_std, dtype=torch.float32).view(3, 1, 1)
         self.register_buffer("pixel_mean", mean, persistent=False)
         self.register_buffer("pixel_std", std, persistent=False)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None, chat: ChatTemplate | None = None,
-                        attn_implementation: str | None = None) -> PlaceholderAdapter:
+    def check_tokenizer(cls, tokenizer, config, where: str) -> None:
+        """Raise ValueError (naming `where`) when the tokenizer lacks the family's visual tokens or their ids
+        differ from the model config's."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None,
+                        attn_implementation: str | None = None, **options) -> PlaceholderAdapter:
         """Load model, tokenizer and image-processor config from a LOCAL checkpoint directory (no downloads).
 
-        dtype: parameter dtype (None: the checkpoint's own); attn_implementation: e.g. "sdpa" (None: HF default).
+        The tokenizer's visual tokens and the chat template are checked before the weights load.
+        dtype: parameter dtype (None: the checkpoint's own); attn_implementation: e.g. "sdpa" (None: HF default);
+        options: family options passed to the constructor (LLaVA: `newline`).
         """
         path = checkpoint_config(path, cls.model_type)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        cls.check_tokenizer(tokenizer, AutoConfig.from_pretrained(path, local_files_only=True), f"{path}: tokenizer")
+        template = read_chat_template(path, tokenizer, cls.family)
+        PromptBuilder(tokenizer, template, cls.placeholder, cls.visual_item)  # checks the template
         kwargs = {"dtype": dtype if dtype is not None else "auto", "local_files_only": True}
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
         model = cls.model_class.from_pretrained(path, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         processor = cls.processor_class.from_pretrained(path, local_files_only=True)
-        return cls(model.eval(), tokenizer, processor, chat)
+        return cls(model.eval(), tokenizer, processor, template=template, **options)
 
     # ----------------------------------------------------------------- family hooks
     @property
@@ -132,7 +149,7 @@ class PlaceholderAdapter(MLLMAdapter):
     def _edges(self) -> tuple[list[Fraction], list[Fraction]]:
         raise NotImplementedError
 
-    def _visual_block(self, num_frames: int) -> VisualBlock:
+    def _visual_layout(self, num_frames: int) -> VisualLayout:
         raise NotImplementedError
 
     def _encode(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
@@ -175,12 +192,14 @@ class PlaceholderAdapter(MLLMAdapter):
         return out
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write model, tokenizer and image-processor config to `directory` (loadable by `from_pretrained`)."""
+        """Write model, tokenizer, image-processor config and the chat template in use (chat_template.jinja) to
+        `directory` (loadable by `from_pretrained`, which then renders the same prompts)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         self.image_processor.save_pretrained(directory)
+        (directory / "chat_template.jinja").write_text(self.prompt.template.text)
 
     def pixels(self, frames: Tensor) -> Tensor:
         """Frames [B, S, 3, H, W] in [0, 1] -> normalised model input [B, S, 3, side, side] in the vision dtype."""
@@ -208,7 +227,7 @@ class PlaceholderAdapter(MLLMAdapter):
         if visual_offsets is not None and tuple(visual_offsets.shape) != (b, s, gh, gw, self.hidden_size):
             raise ValueError(f"visual_offsets: expected shape {(b, s, gh, gw, self.hidden_size)}, "
                              f"got {tuple(visual_offsets.shape)}")
-        tokens = build_batch(self.tokenizer, self.chat, self._visual_block(s), prompts, answers, padding_side)
+        tokens = self.prompt.batch(self._visual_layout(s), prompts, answers, padding_side)
         embed = self.model.get_input_embeddings()
         device = embed.weight.device
         grid, extra = self._encode(self.pixels(frames))
@@ -280,6 +299,6 @@ class PlaceholderAdapter(MLLMAdapter):
         tokens, embeds = self._inputs(frames, prompts, None, visual_offsets, "left")
         out = self.model.generate(inputs_embeds=embeds, attention_mask=tokens.attention_mask.to(embeds.device),
                                   max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                  eos_token_id=stop_ids(self.tokenizer, self.chat),
-                                  pad_token_id=pad_id_of(self.tokenizer), suppress_tokens=self.placeholder_ids())
+                                  eos_token_id=self.prompt.stop_ids(), pad_token_id=self.prompt.pad_id(),
+                                  suppress_tokens=self.placeholder_ids())
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]

@@ -1,7 +1,10 @@
 """Adapter for Qwen2-VL and Qwen2.5-VL (families "qwen2_vl" and "qwen2_5_vl") over the transformers classes.
 
-Token layout and pixels: see `qwen2_vl_inputs.py` (each frame is one image of a fixed size; default: the size giving
-a 14x14 merged-token grid, 392x392 pixels for patch 14 and merge 2).
+Prompt: the checkpoint's own chat template through the shared prompt builder (prompt.py); each frame is one image,
+which the template writes as `<|vision_start|><|image_pad|><|vision_end|>` and whose `<|image_pad|>` is expanded to
+the frame's h*w merged tokens, as `Qwen2VLProcessor` does. Pixels: `qwen2_vl_pixels.py` (each frame resized to a
+fixed size, default 392x392 = a 14x14 merged-token grid for patch 14 and merge 2, or "native": the checkpoint
+processor's own size for the frame, its min_pixels / max_pixels).
 
 Visual offsets (e.g. the 3D position encoding) are injected without touching transformers: the adapter runs the
 vision tower itself (`get_image_features`, which returns the merger output in row-major token order for both
@@ -30,8 +33,8 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from .base import (IGNORE_INDEX, AdapterOutput, MLLMAdapter, VisualTokens, answer_cross_entropy, check_frames,
                    drop_answer_loss)
-from .qwen2_vl_inputs import (QWEN_SPECIAL_TOKENS, ChatLayout, PixelSpec, QwenBatch, QwenTokenIds,
-                              check_image_size, footprint_boxes, patchify, resize_frames)
+from .prompt import ChatTemplate, PromptBuilder, TokenBatch, VisualLayout, check_texts, read_chat_template
+from .qwen2_vl_pixels import PixelSpec, check_image_size, footprint_boxes, patchify, resize_frames
 from .tiny import offline_tokenizer
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
@@ -39,18 +42,28 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
 }
 DEFAULT_GRID = 14  # merged tokens per side of the default frame size (14 * patch 14 * merge 2 = 392 pixels)
+# Qwen's special tokens, in the order the tiny offline tokenizer gives them ids.
+QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                       "<|image_pad|>", "<|video_pad|>")
+# config key of each visual token's id (the tokenizer must agree with the model config)
+VISUAL_TOKENS = {"<|vision_start|>": "vision_start_token_id", "<|vision_end|>": "vision_end_token_id",
+                 "<|image_pad|>": "image_token_id", "<|video_pad|>": "video_token_id"}
 
 
 class Qwen2VLAdapter(MLLMAdapter):
     """Per-frame visual-token grids, LM loss and generation for a Qwen2-VL / Qwen2.5-VL model.
 
     model: `Qwen2VLForConditionalGeneration` or `Qwen2_5_VLForConditionalGeneration`; tokenizer: its tokenizer;
-    image_processor: a `Qwen2VLImageProcessorPil` (normalisation mean/std); image_size: (height, width) every frame
-    is resized to (multiples of patch_size * merge_size; None = a 14x14 merged-token grid).
+    image_processor: a `Qwen2VLImageProcessorPil` (normalisation mean/std, min/max pixels); image_size: (height,
+    width) every frame is resized to (multiples of patch_size * merge_size), "native" (the processor's own size per
+    frame) or None (a 14x14 merged-token grid); template: the chat template (None: the tokenizer's own, else the
+    family default).
     """
 
+    placeholder = "<|image_pad|>"  # what the chat template writes inside each image
+
     def __init__(self, model: nn.Module, tokenizer: object, image_processor: Qwen2VLImageProcessorPil,
-                 image_size: Sequence[int] | None = None):
+                 image_size: Sequence[int] | str | None = None, template: ChatTemplate | None = None):
         super().__init__()
         model_type = model.config.model_type
         if model_type not in MODEL_CLASSES:
@@ -59,34 +72,42 @@ class Qwen2VLAdapter(MLLMAdapter):
         self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor
+        self.check_tokenizer(tokenizer, model.config, "tokenizer")
         vision = model.config.vision_config
         token_pixels = vision.patch_size * vision.spatial_merge_size
-        size = image_size if image_size is not None else (DEFAULT_GRID * token_pixels,) * 2
-        self.pixels = PixelSpec(image_size=check_image_size(size, token_pixels), patch_size=vision.patch_size,
-                                merge_size=vision.spatial_merge_size,
+        if image_size == "native":
+            size = None
+        else:
+            size = check_image_size(image_size or (DEFAULT_GRID * token_pixels,) * 2, token_pixels)
+        self.pixels = PixelSpec(image_size=size, patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
                                 temporal_patch_size=vision.temporal_patch_size,
-                                mean=tuple(image_processor.image_mean), std=tuple(image_processor.image_std))
-        config = model.config
-        im_start, im_end = (self._token_id(t) for t in ("<|im_start|>", "<|im_end|>"))
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._token_id("<|endoftext|>")
-        self.ids = QwenTokenIds(im_start=im_start, im_end=im_end, vision_start=config.vision_start_token_id,
-                                vision_end=config.vision_end_token_id, image_pad=config.image_token_id,
-                                video_pad=config.video_token_id, pad=pad)
-        self.layout = ChatLayout(tokenizer, self.ids)
+                                mean=tuple(image_processor.image_mean), std=tuple(image_processor.image_std),
+                                min_pixels=int(image_processor.size.shortest_edge),
+                                max_pixels=int(image_processor.size.longest_edge))
+        self.image_pad = int(model.config.image_token_id)
+        self.prompt = PromptBuilder(tokenizer, template or read_chat_template(None, tokenizer, self.family),
+                                    self.placeholder, "image")
 
-    def _token_id(self, token: str) -> int:
-        if token not in self.tokenizer.get_vocab():
-            raise ValueError(f"tokenizer: special token {token!r} is missing (not a Qwen2-VL tokenizer)")
-        return self.tokenizer.convert_tokens_to_ids(token)
+    @classmethod
+    def check_tokenizer(cls, tokenizer, config, where: str) -> None:
+        """Raise ValueError (naming `where`) when a visual token is missing or its id differs from the config's."""
+        vocab = tokenizer.get_vocab()
+        for token, key in VISUAL_TOKENS.items():
+            if token not in vocab:
+                raise ValueError(f"{where}: no {token!r} token (not a Qwen2-VL tokenizer)")
+            if vocab[token] != int(getattr(config, key)):
+                raise ValueError(f"{where}: {token!r} has id {vocab[token]}, but the model config's {key} is "
+                                 f"{getattr(config, key)}")
 
     # ----------------------------------------------------------------------------------------------- building
     @classmethod
     def from_pretrained(cls, path: str | Path, family: str | None = None, dtype: torch.dtype | None = None,
-                        image_size: Sequence[int] | None = None) -> Qwen2VLAdapter:
+                        image_size: Sequence[int] | str | None = None) -> Qwen2VLAdapter:
         """Load model, tokenizer and PIL image processor from a LOCAL checkpoint directory (no downloads).
 
         family: "qwen2_vl" or "qwen2_5_vl"; None accepts whichever the config's model_type says, otherwise the two
-        must agree. dtype: parameter dtype (None = the checkpoint's own).
+        must agree. dtype: parameter dtype (None = the checkpoint's own). image_size: see the class docstring.
+        The tokenizer's visual tokens and the chat template are checked before the weights load.
         """
         directory = Path(path)
         if not directory.is_dir():
@@ -102,17 +123,23 @@ class Qwen2VLAdapter(MLLMAdapter):
                              f"(expected one of {sorted(MODEL_CLASSES)})")
         if family is not None and family != model_type:
             raise ValueError(f"family: {family!r} does not match the checkpoint's model_type {model_type!r}")
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        config = MODEL_CLASSES[model_type].config_class.from_pretrained(directory, local_files_only=True)
+        cls.check_tokenizer(tokenizer, config, f"{directory}: tokenizer")
+        template = read_chat_template(directory, tokenizer, model_type)
+        PromptBuilder(tokenizer, template, cls.placeholder, "image")  # checks the template
         model = MODEL_CLASSES[model_type].from_pretrained(directory, local_files_only=True,
                                                           dtype=dtype if dtype is not None else "auto")
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         processor = Qwen2VLImageProcessorPil.from_pretrained(directory, local_files_only=True)
-        return cls(model, tokenizer, processor, image_size=image_size)
+        return cls(model, tokenizer, processor, image_size=image_size, template=template)
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Write model, tokenizer and image processor to a directory `from_pretrained` can load."""
+        """Write model, tokenizer, image processor and the chat template in use (chat_template.jinja) to a
+        directory `from_pretrained` can load (and then renders the same prompts)."""
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         self.image_processor.save_pretrained(path)
+        (Path(path) / "chat_template.jinja").write_text(self.prompt.template.text)
 
     @classmethod
     def tiny(cls, family: str, seed: int = 0, image_size: Sequence[int] = (42, 56)) -> Qwen2VLAdapter:
@@ -151,10 +178,9 @@ class Qwen2VLAdapter(MLLMAdapter):
         return int(self.model.config.text_config.hidden_size)
 
     def token_grid(self, height: int, width: int) -> tuple[int, int]:
-        """Merged token grid (h, w) per frame; fixed by `image_size`, whatever the frame size."""
-        if height <= 0 or width <= 0:
-            raise ValueError(f"frame size: expected positive height and width, got {height}x{width}")
-        return self.pixels.grid
+        """Merged token grid (h, w) of a `height` x `width` frame: fixed by `image_size`, or the processor's own
+        size for that frame ("native")."""
+        return self.pixels.grid_for(height, width)
 
     def footprints(self, height: int, width: int) -> Tensor:
         """[h, w, 4] int64 half-open pixel boxes (x0, y0, x1, y1) of each token in a height x width frame."""
@@ -171,31 +197,39 @@ class Qwen2VLAdapter(MLLMAdapter):
                 "llm": unique_llm}
 
     # ---------------------------------------------------------------------------------------------- inputs
+    def visual_layout(self, num_frames: int, grid: tuple[int, int]) -> VisualLayout:
+        """One image per frame, each `<|image_pad|>` expanded to the frame's h*w merged tokens."""
+        h, w = grid
+        return VisualLayout(items=[{"type": "image"}] * num_frames,
+                            expansions=[self.placeholder * (h * w)] * num_frames, token_id=self.image_pad,
+                            grid_mask=[True] * (num_frames * h * w))
+
     def build_inputs(self, frames: Tensor, prompts: Sequence[str], answers: Sequence[str] | None,
-                     padding_side: str) -> tuple[QwenBatch, Tensor, Tensor]:
+                     padding_side: str) -> tuple[TokenBatch, Tensor, Tensor]:
         """Tokens and pixels for a batch.
 
         frames [B, S, 3, H, W] float in [0, 1]; padding_side "right" (training) or "left" (generation).
-        Returns the padded `QwenBatch`, pixel_values [B*S*gh*gw, 3*T*p*p] float32 and image_grid_thw [B*S, 3].
+        Returns the padded `TokenBatch` (on the frames' device), pixel_values [B*S*gh*gw, 3*T*p*p] float32 and
+        image_grid_thw [B*S, 3].
         """
-        b, s, _, _ = check_frames(frames)
-        _check_texts("prompts", prompts, b)
-        if answers is not None:
-            _check_texts("answers", answers, b)
-        h, w = self.pixels.grid
-        batch = self.layout.batch(s, h * w, prompts, answers, padding_side, frames.device)
+        b, s, height, width = check_frames(frames)
+        prompts = check_texts("prompts", prompts, b)
+        answers = None if answers is None else check_texts("answers", answers, b)
+        layout = self.visual_layout(s, self.token_grid(height, width))
+        batch = self.prompt.batch(layout, prompts, answers, padding_side)
+        batch = TokenBatch(**{k: None if v is None else v.to(frames.device) for k, v in vars(batch).items()})
         pixel_values, grid_thw = patchify(resize_frames(frames.flatten(0, 1), self.pixels), self.pixels)
         return batch, pixel_values, grid_thw
 
     def image_features(self, pixel_values: Tensor, grid_thw: Tensor, batch_frames: tuple[int, int],
-                       visual_offsets: Tensor | None) -> Tensor:
+                       grid: tuple[int, int], visual_offsets: Tensor | None) -> Tensor:
         """Merger output with the offsets added: [B*S*h*w, D] in (sample, frame, row, col) order.
 
-        visual_offsets: [B, S, h, w, D] or None; added in the features' dtype (gradients flow to it, to the
-        vision tower and to the merger).
+        grid: (h, w) merged tokens per frame; visual_offsets: [B, S, h, w, D] or None; added in the features' dtype
+        (gradients flow to it, to the vision tower and to the merger).
         """
         b, s = batch_frames
-        h, w = self.pixels.grid
+        h, w = grid
         expected = (b, s, h, w, self.hidden_size)
         if visual_offsets is not None and tuple(visual_offsets.shape) != expected:
             raise ValueError(f"visual_offsets: expected shape {expected}, got {tuple(visual_offsets.shape)}")
@@ -223,23 +257,23 @@ class Qwen2VLAdapter(MLLMAdapter):
         if bad:
             raise ValueError(f"layers: indices {bad} out of range for {num_states} hidden states")
         batch, pixel_values, grid_thw = self.build_inputs(frames, prompts, answers, "right")
-        features = self.image_features(pixel_values, grid_thw, (b, s), visual_offsets)
+        h, w = self.token_grid(height, width)
+        features = self.image_features(pixel_values, grid_thw, (b, s), (h, w), visual_offsets)
         need_all = any(layer % num_states != num_states - 1 for layer in layers)
         out = self.model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                               mm_token_type_ids=batch.mm_token_type_ids, image_grid_thw=grid_thw,
+                               mm_token_type_ids=self.mm_token_type_ids(batch), image_grid_thw=grid_thw,
                                mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=(features,))},
                                output_hidden_states=need_all, use_cache=False)
         last = out.last_hidden_state
-        visual_mask = batch.input_ids == self.ids.image_pad
-        h, w = self.pixels.grid
+        rows = torch.arange(b, device=last.device)[:, None]
         hidden = {}
         for layer in layers:
             states = last if layer % num_states == num_states - 1 else out.hidden_states[layer]
-            hidden[layer] = states[visual_mask].reshape(b, s, h, w, -1)
+            hidden[layer] = states[rows, batch.grid_index].reshape(b, s, h, w, -1)
         footprint = self.footprints(height, width).to(frames.device).expand(s, h, w, 4)
-        labels = drop_answer_loss(batch.labels, answer_loss)
+        labels = None if batch.labels is None else drop_answer_loss(batch.labels, answer_loss)
         lm_loss = sample_loss = None
-        if answers is not None and bool((labels != IGNORE_INDEX).any()):
+        if labels is not None and bool((labels != IGNORE_INDEX).any()):
             lm_loss, sample_loss = answer_cross_entropy(self.model.lm_head, last, labels)
         return AdapterOutput(lm_loss=lm_loss, visual=VisualTokens(hidden=hidden, footprint=footprint),
                              last_hidden=last, input_ids=batch.input_ids,
@@ -252,31 +286,29 @@ class Qwen2VLAdapter(MLLMAdapter):
         """Plain greedy decoding (left padding); offsets enter the prefill only. Returns B decoded answers.
 
         The checkpoint's own sampling and repetition-penalty settings are overridden, so results are reproducible;
-        placeholder tokens (`placeholder_ids`) are suppressed; decoding stops at `<|im_end|>` or the tokenizer's eos.
+        placeholder tokens (`placeholder_ids`) are suppressed; decoding stops at the template's end-of-turn marker
+        (`<|im_end|>`) or the tokenizer's eos.
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens: expected >= 1, got {max_new_tokens}")
-        b, s, _, _ = check_frames(frames)
+        b, s, height, width = check_frames(frames)
         batch, pixel_values, grid_thw = self.build_inputs(frames, prompts, None, "left")
-        features = self.image_features(pixel_values, grid_thw, (b, s), visual_offsets)
-        stops = [self.ids.im_end] + [t for t in [self.tokenizer.eos_token_id] if t not in (None, self.ids.im_end)]
+        features = self.image_features(pixel_values, grid_thw, (b, s), self.token_grid(height, width), visual_offsets)
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, repetition_penalty=1.0,
-                                  eos_token_id=stops, pad_token_id=self.ids.pad,
+                                  eos_token_id=self.prompt.stop_ids(), pad_token_id=self.prompt.pad_id(),
                                   suppress_tokens=self.placeholder_ids())
         out = self.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                  mm_token_type_ids=batch.mm_token_type_ids, image_grid_thw=grid_thw,
+                                  mm_token_type_ids=self.mm_token_type_ids(batch), image_grid_thw=grid_thw,
                                   mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=(features,))},
                                   generation_config=config)
         new_tokens = out[:, batch.input_ids.shape[1]:]
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
+    def mm_token_type_ids(self, batch: TokenBatch) -> Tensor:
+        """[B, L] int64: 1 at the `<|image_pad|>` tokens, 0 elsewhere (transformers 5's multimodal token types)."""
+        return (batch.input_ids == self.image_pad).long()
+
     def placeholder_ids(self) -> list[int]:
         """Vision token ids generation never emits (`<|vision_start|>`, `<|vision_end|>`, image and video pads)."""
-        return [self.ids.vision_start, self.ids.vision_end, self.ids.image_pad, self.ids.video_pad]
-
-
-def _check_texts(name: str, texts: Sequence[str], batch_size: int) -> None:
-    """Require one string per sample."""
-    if isinstance(texts, str) or len(texts) != batch_size or not all(isinstance(t, str) for t in texts):
-        count = "a single str" if isinstance(texts, str) else f"{len(texts)} items"
-        raise ValueError(f"{name}: expected a list of {batch_size} strings (one per sample), got {count}")
+        config = self.model.config
+        return [int(getattr(config, key)) for key in VISUAL_TOKENS.values()]
