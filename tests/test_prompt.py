@@ -176,3 +176,11 @@ def test_saved_adapter_keeps_the_template_it_used(adapters, tmp_path):
     loaded = type(adapter).from_pretrained(tmp_path)
     assert loaded.prompt.template.text == adapter.prompt.template.text
     assert loaded.prompt.template.source.endswith("chat_template.jinja")
+
+
+def test_cross_entropy_without_supervised_tokens_is_refused():
+    from threedrs.models.base import IGNORE_INDEX, answer_cross_entropy
+
+    labels = torch.full((2, 5), IGNORE_INDEX)
+    with pytest.raises(ValueError, match="answers: no answer tokens to supervise"):
+        answer_cross_entropy(torch.nn.Linear(4, 7), torch.zeros(2, 5, 4), labels)

@@ -104,8 +104,7 @@ class TokenBatch:
     input_ids: [B, L] int64; attention_mask: [B, L] int64 (0 at padding);
     labels: [B, L] int64, IGNORE_INDEX except at answer (+ end marker) tokens; None without answers;
     grid_index: [B, S*h*w] int64 positions of the grid tokens in (frame, row, col) order;
-    extra_index: [B, n_extra] int64 positions of the extra (newline) tokens;
-    prompt_lengths: [B] number of real tokens before the answer.
+    extra_index: [B, n_extra] int64 positions of the extra (newline) tokens.
     """
 
     input_ids: Tensor
@@ -113,7 +112,6 @@ class TokenBatch:
     labels: Tensor | None
     grid_index: Tensor
     extra_index: Tensor
-    prompt_lengths: Tensor
 
 
 def check_texts(name: str, texts, batch: int) -> list[str]:
@@ -230,7 +228,7 @@ class PromptBuilder:
         input_ids = torch.full((batch, length), self.pad_id(), dtype=torch.long)
         attention_mask = torch.zeros((batch, length), dtype=torch.long)
         labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
-        grid, extra, prompt_lengths = [], [], []
+        grid, extra = [], []
         for i, (ids, n_prompt) in enumerate(zip(rows, starts)):
             shift = length - len(ids) if padding_side == "left" else 0
             row = torch.tensor(ids, dtype=torch.long)
@@ -240,7 +238,6 @@ class PromptBuilder:
             positions = (row == layout.token_id).nonzero().flatten() + shift
             grid.append(positions[mask])
             extra.append(positions[~mask])
-            prompt_lengths.append(n_prompt)
         return TokenBatch(input_ids=input_ids, attention_mask=attention_mask,
                           labels=labels if answers is not None else None, grid_index=torch.stack(grid),
-                          extra_index=torch.stack(extra), prompt_lengths=torch.tensor(prompt_lengths))
+                          extra_index=torch.stack(extra))
