@@ -145,6 +145,16 @@ def test_template_dropping_the_placeholder_is_refused_before_loading(release_che
         build_adapter(ModelConfig(family=family, path=str(folder)))
 
 
+def test_text_only_tokenizer_template_is_refused_before_loading(release_checkpoint, tmp_path):
+    """A OneVision folder without its processor template falls back to tokenizer_config.json's Qwen2-Instruct
+    template, which cannot render a video: one line naming that file."""
+    folder = _copy_without_weights(release_checkpoint("llava_onevision"), tmp_path)
+    (folder / "chat_template.json").unlink()
+    with pytest.raises(ValueError, match=f"{folder / 'tokenizer_config.json'} .chat_template.: the chat template "
+                                         "cannot render a turn with video content items"):
+        build_adapter(ModelConfig(family="llava_onevision", path=str(folder)))
+
+
 def test_folder_of_another_family_is_refused(release_checkpoint):
     folder = release_checkpoint("qwen2_vl")
     with pytest.raises(ValueError, match=r"config.json: model_type is 'qwen2_vl', but model.family is 'internvl'"):

@@ -160,8 +160,13 @@ class PromptBuilder:
         messages = [{"role": "user", "content": items + [{"type": "text", "text": prompt}]}]
         if answer is not None:
             messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-        return self.tokenizer.apply_chat_template(messages, chat_template=self.template.text, tokenize=False,
-                                                  add_generation_prompt=answer is None)
+        try:
+            return self.tokenizer.apply_chat_template(messages, chat_template=self.template.text, tokenize=False,
+                                                      add_generation_prompt=answer is None)
+        except Exception as exc:  # jinja2 errors and the template's own raise_exception
+            raise ValueError(f"{self.template.source}: the chat template cannot render a turn with "
+                             f"{items[0]['type'] if items else 'no'} content items "
+                             f"({type(exc).__name__}: {exc})") from None
 
     def _encode(self, text: str) -> list[int]:
         bos = self.tokenizer.bos_token
