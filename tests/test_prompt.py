@@ -194,3 +194,20 @@ def test_cross_entropy_without_supervised_tokens_is_refused():
     labels = torch.full((2, 5), IGNORE_INDEX)
     with pytest.raises(ValueError, match="answers: no answer tokens to supervise"):
         answer_cross_entropy(torch.nn.Linear(4, 7), torch.zeros(2, 5, 4), labels)
+
+
+def test_templates_whose_answer_cannot_be_placed_are_refused():
+    from threedrs.models.prompt import PromptBuilder
+    from threedrs.models.templates import FAMILY_TEMPLATES
+    from threedrs.models.tiny import offline_tokenizer
+
+    tok = offline_tokenizer(["<|endoftext|>", "<video>"], eos_token="<|endoftext|>")
+    moved = ("{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}{{ '<video>' if c['type'] == "
+             "'video' else c['text'] }}{% endfor %}\n{% endfor %}{% if add_generation_prompt %}Answer: {% endif %}")
+    with pytest.raises(ValueError, match="moved: the assistant turn does not continue the generation prompt"):
+        PromptBuilder(tok, ChatTemplate(moved, "moved"), "<video>", "video")
+    vicuna = ChatTemplate(FAMILY_TEMPLATES["llava_next_video"], "vicuna")
+    assert PromptBuilder(tok, vicuna, "<video>", "video").end == "<|endoftext|>"
+    tok.eos_token = None
+    with pytest.raises(ValueError, match="vicuna: the template closes no assistant turn and the tokenizer has no eos"):
+        PromptBuilder(tok, vicuna, "<video>", "video")
