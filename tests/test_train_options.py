@@ -234,7 +234,7 @@ PAPER_SAMPLES = 36_665 + 36_665 + 43_838 + 26_515 + 79_445  # ScanRefer, Scan2Ca
 def test_paper_recipes_follow_the_training_settings():
     from threedrs.teachers.cache import CacheSpec
 
-    assert [p.name.split("_7b")[0] for p in RECIPES] == ["llava_onevision", "qwen2_5_vl", "qwen2_vl"]
+    assert [p.name.split("_7b")[0] for p in RECIPES] == ["llava_onevision", "llava_video", "qwen2_5_vl", "qwen2_vl"]
     specs = set()
     for path in RECIPES:
         cfg = load_config(path)
@@ -248,8 +248,10 @@ def test_paper_recipes_follow_the_training_settings():
         # the family's token grid at the chosen size: Qwen 392 px / (patch 14 x merge 2); LLaVA ceil(384/14 / 2)
         side = cfg.model.image_size[0] // 28 if cfg.model.image_size else math.ceil(384 // 14 / 2)
         assert tuple(cfg.teacher.grid) == (side, side) == (14, 14)
+        # LLaVA-Video (the paper's default, Table 1) as the authors train it: a newline after each frame row
+        assert cfg.model.newline == ("grid" if path.name.startswith("llava_video") else "auto")
         specs.add(CacheSpec.from_config(cfg))
-    assert len(specs) == 1  # one VGGT extraction serves the three recipes
+    assert len(specs) == 1  # one VGGT extraction serves the four recipes
 
 
 # ----------------------------------------------------------------------------------- launcher configs
