@@ -13,7 +13,6 @@ all built-in teachers are known.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
@@ -23,6 +22,8 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 import torch
 from torch import Tensor, nn
 
+from threedrs.provenance import file_sha256
+
 if TYPE_CHECKING:
     from threedrs.data.scene import FrameBatch
 
@@ -30,6 +31,7 @@ __all__ = [
     "Teacher",
     "build_teacher",
     "check_images",
+    "expected_identity",
     "file_sha256",
     "known_teachers",
     "register_teacher",
@@ -47,15 +49,6 @@ def check_images(images: Tensor) -> None:
     low, high = torch.aminmax(images.detach())
     if low.item() < 0.0 or high.item() > 1.0:
         raise ValueError(f"images must hold values in [0, 1], got range [{low.item():.4g}, {high.item():.4g}]")
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in 16 MiB chunks (weights files are several GB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Teacher(nn.Module, ABC):
@@ -88,6 +81,13 @@ class Teacher(nn.Module, ABC):
     @abstractmethod
     def weights_checksum(self) -> str:
         """Identity of the weights for the cache manifest: sha256 of the weights file, "none" if weight-free."""
+
+    @classmethod
+    def identity_for(cls, checkpoint: str | None, channels: int) -> tuple[str | None, int | None]:
+        """(weights_checksum, channels) that this teacher built from ``teacher.checkpoint`` / ``teacher.channels``
+        would have, found without building it (training compares its feature cache with them); None where that
+        cannot be told without building it."""
+        return None, None
 
     @abstractmethod
     def describe(self) -> str:
@@ -153,6 +153,10 @@ class PatchTeacher(Teacher):
     def weights_checksum(self) -> str:
         return "none"
 
+    @classmethod
+    def identity_for(cls, checkpoint: str | None, channels: int) -> tuple[str | None, int | None]:
+        return "none", channels
+
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
         if height < self._patch or width < self._patch:
             raise ValueError(f"frame of {height}x{width} px is smaller than one {self._patch}x{self._patch} px patch "
@@ -189,6 +193,14 @@ def known_teachers() -> list[str]:
     """Sorted names of all registered teachers (built-in ones included)."""
     _import_teacher_modules()
     return sorted(_REGISTRY)
+
+
+def expected_identity(name: str, checkpoint: str | None, channels: int) -> tuple[str | None, int | None]:
+    """`Teacher.identity_for` of the teacher registered as ``name`` (ValueError for an unknown name)."""
+    names = known_teachers()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown teacher {name!r}; known teachers: {', '.join(names)}")
+    return _REGISTRY[name].identity_for(checkpoint, channels)
 
 
 def build_teacher(name: str, **options: object) -> Teacher:

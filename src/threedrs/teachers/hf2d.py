@@ -201,11 +201,18 @@ class HFVisionTeacher(Teacher):
     @cached_property
     def weights_checksum(self) -> str:
         """sha256 over the folder's weight files (name and sha256 of each, sorted by name)."""
-        files = sorted(p for p in self.directory.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
+        return self.identity_for(str(self.directory), self.channels)[0]
+
+    @classmethod
+    def identity_for(cls, checkpoint: str | None, channels: int) -> tuple[str | None, int | None]:
+        """The weights checksum of the model folder ``checkpoint``; channels follow the weights."""
+        if checkpoint is None or not Path(checkpoint).is_dir():
+            return None, None
+        files = sorted(p for p in Path(checkpoint).iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
         digest = hashlib.sha256()
         for path in files:
             digest.update(f"{path.name}:{file_sha256(path)}\n".encode())
-        return digest.hexdigest()
+        return digest.hexdigest(), None
 
     def describe(self) -> str:
         """One line for reports."""

@@ -347,12 +347,17 @@ class VGGTTeacher(Teacher):
     def weights_checksum(self) -> str:
         """sha256 of the checkpoint file; for a random initialisation, "random-init:" + sha256 of the weights."""
         if self.checkpoint is not None:
-            return file_sha256(self.checkpoint)
+            return self.identity_for(str(self.checkpoint), self.channels)[0]
         digest = hashlib.sha256()
         for key, value in self.aggregator.state_dict().items():
             digest.update(key.encode())
             digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return "random-init:" + digest.hexdigest()
+
+    @classmethod
+    def identity_for(cls, checkpoint: str | None, channels: int) -> tuple[str | None, int | None]:
+        """The checkpoint file's sha256 (None for a random initialisation); channels follow the weights."""
+        return (file_sha256(checkpoint) if checkpoint is not None else None), None
 
     def describe(self) -> str:
         source = f"checkpoint {self.checkpoint.name}" if self.checkpoint is not None else "RANDOM INIT (no checkpoint)"

@@ -1,0 +1,237 @@
+"""Provenance: what produced an output folder, so that nothing is reused for a run it does not belong to.
+
+A record is a JSON mapping kept in ``<folder>/provenance.json`` (training run folders, evaluation run folders)
+or inside the feature cache's manifest and scene files. Its sections, as each command fills them:
+
+- ``code``: ``{"threedrs": package version, "source_sha256": digest of the package's .py files}``; only the
+  version is compared (a local edit is recorded, not refused);
+- ``config``: the config values that change the outputs (`config_fields`), dotted keys;
+- ``checkpoint``: ``{"path", "sha256"}`` of the weights evaluated (eval);
+- ``benchmarks``: per benchmark ``{"split", "limit", "ids", "files"}`` (eval);
+- ``teacher``: ``{"weights_checksum", "channels"}`` of the feature cache (train);
+- ``data``: file fingerprints and digests of what was read (annotation files, scene files, feature cache).
+
+A file fingerprint is ``[size in bytes, mtime in ns]`` per file, plus its sha256 when asked to verify
+(`fingerprint_files`); paths are relative to the dataset root, so a moved root keeps its fingerprints.
+
+Before a command reuses a folder it compares the folder's record with its own (`differences`); any difference
+is refused with the differing fields named (`ProvenanceError`), unless the user passes ``--overwrite``, which
+starts the folder afresh. One comparison serves every command, the feature cache's spec included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import reprlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from threedrs import __version__
+from threedrs.config import ExperimentConfig, to_dict
+
+__all__ = [
+    "RECORD",
+    "ProvenanceError",
+    "changed_files",
+    "code_version",
+    "config_fields",
+    "differences",
+    "digest",
+    "file_sha256",
+    "fingerprint_files",
+    "read_record",
+    "names",
+    "refuse_if_different",
+    "scene_digests",
+    "write_json_atomic",
+    "write_record",
+]
+
+RECORD = "provenance.json"
+NOT_COMPARED = ("code.source_sha256", "checkpoint.path")  # recorded for people, never a reason to refuse
+_short = reprlib.Repr()
+_short.maxstring, _short.maxlist, _short.maxdict, _short.maxother = 48, 4, 4, 48
+
+# config keys that never change what a command writes (prefix match on dotted keys)
+_NOT_OUTPUTS = {
+    "train": ("name", "output_dir", "data.split", "eval.", "probe.", "synth.", "teacher.cache_dir",
+              "teacher.batch_frames", "teacher.dtype", "train.num_workers", "train.log_every", "train.save_every"),
+    "eval": ("name", "output_dir", "data.split", "train.", "probe.", "synth.", "teacher.", "eval.benchmarks",
+             "eval.limit", "eval.split", "eval.checkpoint", "eval.meteor"),
+}
+
+
+class ProvenanceError(ValueError):
+    """A folder was made by another run than this one (fields named), or its record cannot be read."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 16 MiB chunks (weights files are several GB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def digest(value: object) -> str:
+    """sha256 of a JSON value in canonical form (sorted keys): one short string for a large record section."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def code_version() -> dict[str, str]:
+    """The package version and a digest of its source files (the ``code`` section)."""
+    package = Path(__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return {"threedrs": __version__, "source_sha256": h.hexdigest()}
+
+
+def config_fields(cfg: ExperimentConfig, command: str) -> dict[str, object]:
+    """The dotted config values that change what ``command`` ("train" or "eval") writes."""
+    flat = _flatten(to_dict(cfg))
+    return {k: v for k, v in flat.items() if not k.startswith(_NOT_OUTPUTS[command])}
+
+
+def fingerprint_files(paths: Iterable[Path], root: Path, verify: bool = False) -> dict[str, list]:
+    """``{path relative to root: [size, mtime_ns]}`` (``[size, mtime_ns, sha256]`` with ``verify``).
+
+    A path outside ``root`` is kept absolute; a missing file raises FileNotFoundError naming it.
+    """
+    out: dict[str, list] = {}
+    for path in paths:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: file not found") from None
+        entry: list = [stat.st_size, stat.st_mtime_ns]
+        if verify:
+            entry.append(file_sha256(path))
+        out[_relative(path, root)] = entry
+    return out
+
+
+def changed_files(stored: dict[str, list], root: Path, verify: bool = False) -> list[str]:
+    """The files of a fingerprint that changed since (missing, other size, other mtime), in stored order.
+
+    A file whose size or mtime changed but whose stored sha256 still matches is unchanged (a copy that lost its
+    times). With ``verify`` every file with a stored sha256 is hashed, and one without counts as changed.
+    """
+    changed = []
+    for name, entry in stored.items():
+        path = Path(name) if Path(name).is_absolute() else root / name
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            changed.append(name)
+            continue
+        same_stat = [stat.st_size, stat.st_mtime_ns] == list(entry[:2])
+        if same_stat and not verify:
+            continue
+        if len(entry) < 3 or stat.st_size != entry[0] or file_sha256(path) != entry[2]:
+            changed.append(name)
+    return changed
+
+
+def differences(stored: dict, current: dict, prefix: str = "", any_none: bool = False) -> list[str]:
+    """One "key: recorded X, this run has Y" line per differing leaf of two nested mappings.
+
+    A key present on one side only differs; with ``any_none``, a None in ``current`` matches anything. Keys that
+    are recorded for people but never compared (`NOT_COMPARED`: the source digest, the checkpoint's path) are
+    skipped.
+    """
+    out = []
+    a, b = _flatten(stored, prefix), _flatten(current, prefix)
+    for key in list(dict.fromkeys([*b, *a])):
+        if key in NOT_COMPARED or (any_none and key in b and b[key] is None):
+            continue
+        if key not in a or key not in b or a[key] != b[key]:
+            have = _short.repr(a[key]) if key in a else "nothing"
+            want = _short.repr(b[key]) if key in b else "nothing"
+            if (isinstance(a.get(key), list) and isinstance(b.get(key), list)
+                    and max(len(a[key]), len(b[key])) > _short.maxlist):
+                have, want = f"{len(a[key])} entries {have}", f"{len(b[key])} entries {want}"
+            out.append(f"{key}: recorded {have}, this run has {want}")
+    return out
+
+
+def refuse_if_different(stored: dict, current: dict, what: str, remedy: str) -> None:
+    """ProvenanceError naming up to 5 differing fields of ``what`` unless the two records agree."""
+    diff = differences(stored, current)
+    if diff:
+        more = f" (and {len(diff) - 5} more)" if len(diff) > 5 else ""
+        raise ProvenanceError(f"{what} was made by another run: {'; '.join(diff[:5])}{more}; {remedy}")
+
+
+def read_record(folder: Path) -> dict | None:
+    """``folder/provenance.json`` as a mapping, None when absent; ProvenanceError naming the file if unreadable."""
+    path = Path(folder) / RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProvenanceError(f"{path}: not valid JSON ({exc}); delete the folder or rerun with --overwrite") from None
+    if not isinstance(record, dict):
+        raise ProvenanceError(f"{path}: expected a JSON mapping; delete the folder or rerun with --overwrite")
+    return record
+
+
+def write_record(folder: Path, record: dict) -> None:
+    """Write ``folder/provenance.json`` atomically."""
+    write_json_atomic(Path(folder) / RECORD, record)
+
+
+def write_json_atomic(path: Path, value: object, indent: int | None = 1) -> None:
+    """Write JSON to a temporary sibling, flush it to disk, then rename it onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as handle:
+        handle.write(json.dumps(value, indent=indent) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _flatten(value: object, prefix: str = "") -> dict[str, object]:
+    """Nested mappings (and dataclasses) to {"a.b.c": leaf}; lists and tuples are leaves (tuples as lists)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        out: dict[str, object] = {}
+        for key, item in value.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(item, dict) and item:
+                out.update(_flatten(item, name))
+            else:
+                out[name] = _leaf(item)
+        return out
+    return {prefix: _leaf(value)}
+
+
+def _leaf(value: object) -> object:
+    if isinstance(value, (list, tuple)):
+        return [_leaf(v) for v in value]
+    return value
+
+
+def scene_digests(fingerprints: dict[str, dict[str, list]]) -> dict[str, str]:
+    """``{scene: digest of its file fingerprint}``: the compact ``data.scenes`` section of a record."""
+    return {scene: digest(fp) for scene, fp in sorted(fingerprints.items())}
+
+
+def names(values: Sequence[str], limit: int = 5) -> str:
+    """"a, b, c and 4 more" for messages."""
+    shown = ", ".join(values[:limit])
+    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
