@@ -6,8 +6,11 @@ one GPU, DDP, FSDP and DeepSpeed ZeRO-2/3 (launch with `accelerate launch --conf
 - Data order is a seeded permutation per epoch cut into global batches; rank r takes its slice of every global
   batch, so the order does not depend on the number of processes and a resumed run reads exactly the samples the
   uninterrupted run would have read.
-- Checkpoints (`output_dir/checkpoints/step_NNNNNN`) hold the model, optimizer, scheduler and RNG states
-  (accelerate's save_state) plus the step; they are written to a temporary folder and renamed into place.
+- Checkpoints (`output_dir/checkpoints/step_NNNNNN`) hold the model, optimizer, scheduler and RNG states plus the
+  step as safetensors and JSON only (`threedrs.checkpoint`); they are written to a temporary folder, flushed to
+  disk and renamed into place. Resuming checks them first and falls back past a damaged one with a warning.
+- The run folder is locked for the whole run and carries a provenance record: a folder holding another run is
+  refused unless --resume (same config, data and teacher cache) or --overwrite (`threedrs.run_folder`).
 - A non-finite loss stops the run and names the last good checkpoint, which is kept.
 """
 
@@ -15,9 +18,9 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +29,10 @@ import torch
 from tqdm import tqdm
 
 from threedrs.align.task import GROUNDING_TASKS, AlignTask
-from threedrs.config import ExperimentConfig, dump_yaml
+from threedrs.checkpoint import load_checkpoint, newest_checkpoint, save_checkpoint, verify_checkpoint
+from threedrs.config import ExperimentConfig
+from threedrs.locking import FileLock
+from threedrs.run_folder import check_run_data, open_run
 
 
 class TrainingDiverged(RuntimeError):
@@ -118,27 +124,31 @@ def apply_lora(task: AlignTask, cfg: ExperimentConfig) -> None:
     inject_adapter_in_model(lora, task.adapter.model)
 
 
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The newest complete checkpoint folder (one with its state.json) under `folder/checkpoints`."""
-    done = sorted(p for p in (folder / "checkpoints").glob("step_*") if (p / "state.json").is_file())
-    return done[-1] if done else None
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
-def save_checkpoint(accelerator, folder: Path, step: int) -> Path:
-    """Write accelerate's state plus {"step"} to a temporary folder, then rename it into place (rank 0 renames)."""
-    final = folder / "checkpoints" / f"step_{step:06d}"
-    tmp = final.with_name(final.name + ".tmp")
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+def main_decides(accelerator, decide: Callable[[], int]) -> int:
+    """Run ``decide`` on the main process only and give every process its integer result.
+
+    When it raises there, the main process re-raises and every other process raises too (instead of waiting
+    forever at the next collective).
+    """
+    value, error = 0, None
     if accelerator.is_main_process:
-        (tmp / "state.json").write_text(json.dumps({"step": step}))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    accelerator.wait_for_everyone()
-    return final
+        try:
+            value = int(decide())
+        except Exception as exc:  # re-raised below, after the other processes know
+            error = exc
+    failed = error is not None
+    if accelerator.num_processes > 1:
+        shared = torch.tensor([value, int(failed)], dtype=torch.long, device=accelerator.device)
+        value, failed = (int(x) for x in accelerator.reduce(shared, reduction="sum").tolist())
+    if error is not None:
+        raise error
+    if failed:
+        raise RuntimeError("the main process stopped the run (its message says why)")
+    return value
 
 
 def _loss_counts(tasks: list[str], names) -> dict[str, int]:
@@ -159,8 +169,21 @@ def _mean_losses(accelerator, sums: dict[str, torch.Tensor], counts: dict[str, i
     return {k: s / max(n, 1.0) for k, s, n in zip(names, *totals.tolist())}
 
 
-def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train `cfg` (model, data, teacher cache, align and train sections); returns the final state."""
+def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> TrainResult:
+    """Train `cfg` (model, data, teacher cache, align and train sections); returns the final state.
+
+    resume: continue the run in output_dir from its newest usable checkpoint. overwrite: delete the run in
+    output_dir first. Without either, a folder that holds a run is refused (`threedrs.run_folder`).
+    """
+    out = Path(cfg.output_dir)
+    lock = FileLock(out / ".lock", f"the run folder {out}")
+    try:
+        return _train(cfg, resume, progress, overwrite, lock)
+    finally:
+        lock.release()
+
+
+def _train(cfg: ExperimentConfig, resume: bool, progress: bool, overwrite: bool, lock: FileLock) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
     from transformers import get_cosine_schedule_with_warmup
@@ -175,9 +198,15 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
     # cpu=True when there is no GPU: accelerate then runs a torchrun/accelerate launch as gloo DDP on CPU
     accelerator = Accelerator(mixed_precision=t.mixed_precision, kwargs_handlers=[ddp],
                               cpu=not torch.cuda.is_available())
+    # before any model is built: the lock, the folder's record against this run, the checkpoint to resume from
+    step = main_decides(accelerator, lambda: (lock.acquire(), open_run(out, cfg, resume, overwrite, _warn))[1])
+    checkpoint = out / "checkpoints" / f"step_{step:06d}" if step else None
+    state = verify_checkpoint(checkpoint, hash_files=False) if checkpoint is not None else None
     set_seed(cfg.seed)
     adapter = build_adapter(cfg.model)
     data = build_training_data(cfg, adapter)
+    scenes = sorted({s.scene_id for s in data.dataset.samples})
+    main_decides(accelerator, lambda: check_run_data(out, cfg, data.dataset.cache, scenes) or 0)
     task = AlignTask(adapter, data.teacher_channels, loss=cfg.align.loss, weight=cfg.align.weight,
                      layers=tuple(cfg.align.layers), posenc=cfg.align.posenc,
                      infonce_temperature=cfg.align.infonce_temperature,
@@ -196,19 +225,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
         deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = t.batch_size  # no loader is prepared
     # the scheduler is stepped once per optimizer step by us (a prepared one would advance once per process)
     task, optimizer = accelerator.prepare(task, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-
-    step = 0
-    checkpoint = latest_checkpoint(out) if resume else None
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        step = json.loads((checkpoint / "state.json").read_text())["step"]
-        accelerator.print(f"resumed from {checkpoint} at step {step}")
-    elif resume:
-        accelerator.print(f"no checkpoint under {out / 'checkpoints'}; starting from scratch")
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump_yaml(cfg))
+        load_checkpoint(accelerator, task, optimizer, scheduler, checkpoint, state, _warn)
     log_path = out / "train_log.jsonl"
 
     world = accelerator.num_processes
@@ -238,7 +256,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
                 counts[name] = counts.get(name, 0) + n
         reduced = _mean_losses(accelerator, sums, counts)
         if not all(math.isfinite(v) for v in reduced.values()):
-            good = latest_checkpoint(out)
+            good = newest_checkpoint(out)
             raise TrainingDiverged(f"non-finite loss at step {step + 1}: {reduced}; last good checkpoint: "
                                    f"{good if good else 'none (no checkpoint was written yet)'}")
         if t.max_grad_norm > 0:
@@ -261,7 +279,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) ->
                     fh.write(json.dumps(record) + "\n")
             window, tick, samples = [], time.perf_counter(), 0
         if step % t.save_every == 0 or step == t.steps:
-            checkpoint = save_checkpoint(accelerator, out, step)
+            checkpoint = save_checkpoint(accelerator, task, optimizer, scheduler, out, step)
     bar.close()
     accelerator.end_training()
     return TrainResult(step, last, checkpoint, log_path)

@@ -1,0 +1,161 @@
+"""A training run folder: what it already holds, and whether this run may continue it.
+
+``<output_dir>/`` of `threedrs train`::
+
+    .lock            held by the training process (rank 0) for the whole run (`threedrs.locking`)
+    provenance.json  what the run is (`threedrs.provenance`): code, config, teacher and data fingerprints
+    config.yaml      the resolved config, for people
+    train_log.jsonl  one line per logged step
+    checkpoints/     step_NNNNNN folders (`threedrs.checkpoint`)
+    eval/            the default evaluation folder of the run
+
+Rules, applied by the main process before any model is built (`open_run`) and once the data is read
+(`check_run_data`):
+- without ``--resume``, a folder that already holds a run (checkpoints, log or record) is refused unless
+  ``--overwrite``, which deletes what threedrs wrote there (the list above) and starts afresh;
+- with ``--resume``, the stored record must equal this run's, field by field, else the run is refused naming
+  the fields (or started afresh with ``--overwrite``); the newest usable checkpoint is chosen (damaged newer ones
+  are renamed ``*.damaged`` with a warning) and train_log.jsonl is cut back to its step;
+- the feature cache must match the configured teacher (weights checksum, channels) and the frames it was
+  computed from must be unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from threedrs.checkpoint import resume_point, set_aside, step_folders
+from threedrs.config import ExperimentConfig, dump_yaml
+from threedrs.provenance import (RECORD, ProvenanceError, code_version, config_fields, differences, digest,
+                                 file_sha256, names, read_record, refuse_if_different, write_record)
+
+__all__ = ["RunFolderError", "check_run_data", "cut_log", "open_run"]
+
+OUTPUTS = ("checkpoints", "train_log.jsonl", "config.yaml", RECORD, "eval")
+LOG = "train_log.jsonl"
+
+
+class RunFolderError(ProvenanceError):
+    """The run folder holds another run, or this run cannot continue it; the message says what to pass."""
+
+
+def _record(cfg: ExperimentConfig) -> dict:
+    return {"kind": "train", "code": code_version(), "config": config_fields(cfg, "train")}
+
+
+def _holdings(out: Path) -> list[str]:
+    """What of a run the folder holds, in words (empty: nothing)."""
+    found = []
+    folders = sorted(p.name for p in (out / "checkpoints").glob("step_*")) if (out / "checkpoints").is_dir() else []
+    if folders:
+        found.append(f"checkpoints {names(folders, 3)}")
+    found += [name for name in (LOG, RECORD) if (out / name).is_file()]
+    return found
+
+
+def _clear(out: Path) -> None:
+    for name in OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def cut_log(path: Path, step: int) -> None:
+    """Keep the log lines of steps <= ``step`` (a resumed run writes the later ones again); drop broken lines."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_bytes().splitlines():
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(json.dumps(record))
+    text = "".join(line + "\n" for line in kept)
+    if text.encode() != path.read_bytes():
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+
+
+def open_run(out: Path, cfg: ExperimentConfig, resume: bool, overwrite: bool,
+             warn: Callable[[str], None]) -> int:
+    """Check (and with ``overwrite`` clear) the run folder; returns the step to start from (0 = scratch).
+
+    Main process only, before the model is built. Raises RunFolderError / ProvenanceError / CheckpointError.
+    """
+    out = Path(out)
+    if overwrite:
+        _clear(out)
+    held = _holdings(out)
+    if held and not resume:
+        raise RunFolderError(f"{out} already holds a run ({', '.join(held)}); pass --resume to continue it, "
+                             f"--overwrite to delete it and start afresh, or choose another output_dir")
+    stored = read_record(out)
+    if stored is not None:
+        mine = _record(cfg)
+        refuse_if_different({k: stored.get(k) for k in ("kind", "code", "config")}, mine, f"run folder {out}",
+                            "resume with the run's own settings, or pass --overwrite to start afresh")
+    elif step_folders(out):
+        raise RunFolderError(f"{out}: checkpoints without {RECORD} (written by an older threedrs?): cannot tell "
+                             f"which run they belong to; pass --overwrite to start afresh")
+    chosen = resume_point(out, warn) if resume else None
+    step = 0
+    if chosen is not None:
+        folder, state, damaged = chosen
+        for bad in damaged:
+            warn(f"warning: damaged checkpoint set aside as {set_aside(bad)}")
+        step = int(state["step"])
+        warn(f"resuming from {folder} at step {step}")
+    elif resume:
+        warn(f"no checkpoint under {out / 'checkpoints'}; starting from scratch")
+    cut_log(out / LOG, step)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_yaml(cfg))
+    return step
+
+
+def check_run_data(out: Path, cfg: ExperimentConfig, cache, scene_ids: list[str]) -> None:
+    """Compare the feature cache with the configured teacher and the current frames, then compare (or write) the
+    run's full record. ``cache``: the run's FeatureCache or None; ``scene_ids``: the scenes trained on.
+
+    Main process only, after the data is read and before the first step.
+    """
+    from threedrs.data.tasks import benchmark_paths
+    from threedrs.teachers.base import expected_identity
+    from threedrs.teachers.cache import CacheMismatchError
+
+    root = Path(cfg.data.root)
+    record = _record(cfg)
+    record["data"] = {"annotations": {p.relative_to(root).as_posix(): file_sha256(p) for task in cfg.train.tasks
+                                      for p in benchmark_paths(root, task, "train")}}
+    if cache is not None:
+        checksum, channels = expected_identity(cfg.teacher.name, cfg.teacher.checkpoint, cfg.teacher.channels)
+        have = {"weights_checksum": cache.spec.weights_checksum, "channels": cache.spec.channels}
+        diff = differences(have, {"weights_checksum": checksum, "channels": channels}, any_none=True)
+        if diff:
+            raise CacheMismatchError(f"feature cache {cache.directory} was extracted with another teacher than the "
+                                     f"configured one ({'; '.join(diff)}); extract again into a new "
+                                     f"teacher.cache_dir")
+        sources = {}
+        for scene_id in scene_ids:
+            changed = cache.changed_sources(scene_id, root)
+            if changed:
+                raise CacheMismatchError(f"{cache.path(scene_id)}: extracted from frames that changed since "
+                                         f"({names(changed, 3)} under {root}); run `threedrs extract` again")
+            sources[scene_id] = cache.sources(scene_id)
+        record["teacher"] = {"name": cache.spec.teacher, "weights_checksum": cache.spec.weights_checksum,
+                             "channels": cache.spec.channels, "layer": cache.spec.layer}
+        record["data"]["cache"] = digest(sources)
+    stored = read_record(out)
+    if stored is not None:
+        refuse_if_different(stored, record, f"run folder {out}",
+                            "resume with the run's own data and teacher cache, or pass --overwrite to start afresh")
+    write_record(out, record)
+
