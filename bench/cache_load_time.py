@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from threedrs.teachers.cache import CacheSpec, CacheWriter, FeatureCache
+from threedrs.teachers.cache import CacheSpec, FeatureCache
+from threedrs.teachers.cache_writer import CacheWriter
 
 FRAMES, GRID, CHANNELS, AUTHORS_TOKENS = 32, (14, 14), 2048, 1041
 

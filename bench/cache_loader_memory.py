@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from threedrs.teachers.cache import CacheSpec, CacheWriter, FeatureCache
+from threedrs.teachers.cache import CacheSpec, FeatureCache
+from threedrs.teachers.cache_writer import CacheWriter
 
 FRAMES, GRID, CHANNELS = 2, (14, 14), 2048
 

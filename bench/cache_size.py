@@ -2,7 +2,7 @@
 
 - authors (3DRS release): VGGT features stored float32 with all 1041 tokens of each of 32 frames (5 special
   tokens + 28 x 37 patches) x 2048 channels, written with ``numpy.savez_compressed`` (what their extraction does).
-- ours: one safetensors file per scene (`threedrs.teachers.cache.CacheWriter`): float16, already pooled to the
+- ours: one safetensors file per scene (`threedrs.teachers.cache_writer.CacheWriter`): float16, already pooled to the
   student grid (32 frames x 14 x 14 tokens x 2048 channels) plus a [32, 14, 14] bool validity mask and metadata.
 
 Features are random normal (float32 mantissas of real transformer features compress about as badly, so
@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from threedrs.teachers.cache import CacheSpec, CacheWriter
+from threedrs.teachers.cache import CacheSpec
+from threedrs.teachers.cache_writer import CacheWriter
 
 AUTHORS_TOKENS = 5 + 28 * 37  # camera + 4 registers + patches per frame (1041)
 

@@ -10,13 +10,12 @@ import torch
 from safetensors import safe_open
 
 from threedrs.config import load_config
+from threedrs.teachers.cache_writer import CacheWriter, DiskFullError
 from threedrs.teachers.cache import (
     CacheError,
     CacheMismatchError,
     CacheSpec,
-    CacheWriter,
     CorruptCacheFileError,
-    DiskFullError,
     FeatureCache,
     frame_lists_for,
     pool_to_grid,
@@ -113,10 +112,10 @@ def test_round_trip_keeps_values_mask_and_frame_ids(tmp_path):
 def test_mismatching_cache_is_refused_naming_the_field(tmp_path):
     write_scene_features(tmp_path)
     other_layer = CacheSpec(**{**SPEC.__dict__, "layer": -3})
-    with pytest.raises(CacheMismatchError, match="layer: cache has -1, config asks -3"):
+    with pytest.raises(CacheMismatchError, match="layer: recorded -1, this run has -3"):
         FeatureCache(tmp_path, expected=other_layer)
     other = CacheSpec(**{**SPEC.__dict__, "teacher": "vggt", "grid": (14, 14)})
-    with pytest.raises(CacheMismatchError, match=r"teacher: cache has 'geometry', config asks 'vggt'.*grid"):
+    with pytest.raises(CacheMismatchError, match=r"teacher: recorded 'geometry', this run has 'vggt'.*grid"):
         CacheWriter(tmp_path, other, (4, 6))
     reader = CacheSpec(**{**SPEC.__dict__, "weights_checksum": None, "channels": None})  # None = not compared
     FeatureCache(tmp_path, expected=reader)
@@ -176,7 +175,7 @@ def test_disk_full_leaves_nothing_behind(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(DiskFullError, match="disk full while writing .*scene0000_00.safetensors"):
         write_scene_features(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["manifest.json"]
 
 
 def test_bad_writes(tmp_path):

@@ -136,9 +136,9 @@ def test_ranks_share_the_scenes_and_only_rank_zero_writes_the_manifest(dataset, 
 
 def test_mismatching_cache_and_bad_options_are_refused(dataset):
     extract(config(dataset))
-    with pytest.raises(CacheMismatchError, match="channels: cache has 16, config asks 32"):
+    with pytest.raises(CacheMismatchError, match="channels: recorded 16, this run has 32"):
         extract(config(dataset, "teacher.channels=32"))
-    with pytest.raises(CacheMismatchError, match="grid: cache has \\(1, 2\\), config asks \\(2, 2\\)"):
+    with pytest.raises(CacheMismatchError, match=r"grid: recorded \[1, 2\], this run has \[2, 2\]"):
         extract(config(dataset, "teacher.grid=[2,2]"))
     with pytest.raises(ConfigError, match="cannot be built with teacher.layer=-2"):
         extract(config(dataset, "teacher.layer=-2", "teacher.cache_dir=elsewhere"))

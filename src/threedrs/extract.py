@@ -11,7 +11,11 @@ Scenes: ``--scenes`` or, by default, every scene of the train AND val splits (th
 is evaluated on val, and both need targets); a split whose list file is absent is skipped with a note.
 
 Resumable: scenes whose file is complete for this config are skipped, truncated files are rewritten,
-temporary files of an interrupted run are ignored and replaced. Multi-GPU: launched by torchrun or accelerate
+temporary files of an interrupted run are ignored and replaced. Each scene file records the fingerprint of the
+files it was computed from (size and modification time of the frames, intrinsics and alignment; their sha256 with
+``--verify``); a scene whose files changed since is extracted again. ``--overwrite`` deletes the cache first.
+Several processes may extract into one cache at once: each scene is extracted by the one that holds its lock,
+the others skip it (`threedrs.teachers.cache_writer`). Multi-GPU: launched by torchrun or accelerate
 (RANK / WORLD_SIZE / LOCAL_RANK in the environment), rank r takes scenes[r::world] on cuda:LOCAL_RANK; only rank 0
 writes the manifest, before any scene file, and every rank checks an existing manifest against its config.
 """
@@ -35,7 +39,9 @@ from threedrs.config import ConfigError, ExperimentConfig, TeacherConfig, load_c
 from threedrs.data.instances import SceneDataError
 from threedrs.data.scene import FrameBatch, Scene, split_scene_ids
 from threedrs.teachers.base import Teacher, build_teacher
-from threedrs.teachers.cache import CacheSpec, CacheWriter, frame_lists_for, pool_to_grid
+from threedrs.provenance import fingerprint_files, names
+from threedrs.teachers.cache import CacheSpec, frame_lists_for, pool_to_grid
+from threedrs.teachers.cache_writer import CacheWriter, clear_cache
 
 __all__ = [
     "ExtractSummary",
@@ -57,7 +63,9 @@ class ExtractSummary:
     """What one process of `threedrs extract` did.
 
     scenes: the scenes this rank was responsible for; written: extracted now; skipped: already complete;
-    rewritten: extracted now because their file was truncated or corrupt (also listed in written).
+    rewritten: extracted now because their file was truncated or corrupt (also listed in written); stale:
+    extracted now because their source files changed (also in written); busy: left to another process that
+    was extracting them.
     """
 
     cache_dir: Path
@@ -68,6 +76,8 @@ class ExtractSummary:
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     rewritten: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def describe(self) -> str:
@@ -78,6 +88,10 @@ class ExtractSummary:
                 f"{len(self.written)} extracted, {len(self.skipped)} already complete")
         if self.rewritten:
             text += f", {len(self.rewritten)} truncated/corrupt files rewritten"
+        if self.stale:
+            text += f", {len(self.stale)} re-extracted because their frames changed"
+        if self.busy:
+            text += f", {len(self.busy)} left to another process extracting them ({names(self.busy, 3)})"
         return text + f"; {self.seconds:.1f} s ({rate:.2f} scenes/s)"
 
 
@@ -171,13 +185,23 @@ def encode_scene(teacher: Teacher, batch: FrameBatch, grid: tuple[int, int], bat
     return pooled, pooled_valid, (int(tokens.shape[1]), int(tokens.shape[2]))
 
 
-def extract(cfg: ExperimentConfig, scenes: list[str] | None = None) -> ExtractSummary:
-    """Extract the teacher features of ``scenes`` (default: train + val) into ``cfg.teacher.cache_dir``."""
+def extract(cfg: ExperimentConfig, scenes: list[str] | None = None, overwrite: bool = False,
+            verify: bool = False) -> ExtractSummary:
+    """Extract the teacher features of ``scenes`` (default: train + val) into ``cfg.teacher.cache_dir``.
+
+    overwrite: delete the cache first (one process only). verify: fingerprint the source files by sha256 (and
+    compare existing scene files by content), not only by size and modification time.
+    """
     start = time.perf_counter()
     rank, world, local_rank = launch_rank()
     root = Path(cfg.data.root)
     scene_ids = extraction_scenes(root, scenes)
     spec = CacheSpec.from_config(cfg)  # checks teacher.grid before the teacher (possibly GBs of weights) loads
+    if overwrite:
+        if world > 1:
+            raise ValueError(f"--overwrite with {world} processes: delete {cfg.teacher.cache_dir} (or run "
+                             f"`threedrs extract --overwrite` once in one process) before launching them")
+        clear_cache(cfg.teacher.cache_dir)
     device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     teacher = build_configured_teacher(cfg).to(device)
     spec = dataclasses.replace(spec, weights_checksum=teacher.weights_checksum, channels=teacher.channels)
@@ -193,25 +217,38 @@ def extract(cfg: ExperimentConfig, scenes: list[str] | None = None) -> ExtractSu
     summary = ExtractSummary(Path(cfg.teacher.cache_dir), teacher.name, rank, world, scene_ids[rank::world])
     bar = tqdm(summary.scenes, desc=f"extract {teacher.name}", unit="scene", disable=rank != 0)
     for scene_id in bar:
-        frame_ids = frame_lists(scene_id)
-        state = writer.status(scene_id, frame_ids)
-        if state == "done":
-            summary.skipped.append(scene_id)
+        if writer.claim(scene_id) is None:
+            bar.write(f"{writer.path(scene_id)}: another process is extracting this scene, leaving it to it")
+            summary.busy.append(scene_id)
             continue
-        if state == "corrupt":
-            bar.write(f"{writer.path(scene_id)}: truncated or corrupt, extracting again")
-            summary.rewritten.append(scene_id)
-        batch = Scene(root, scene_id).load_frames(frame_ids)
-        tokens, valid, native = encode_scene(teacher, batch, spec.grid, cfg.teacher.batch_frames, device, dtype)
-        writer.write(scene_id, tokens, valid, frame_ids, native)
-        summary.written.append(scene_id)
+        try:  # under the scene's lock: no one else writes it, and its leftover temporary files are dead
+            frame_ids = frame_lists(scene_id)
+            state = writer.status(scene_id, frame_ids, root, verify)
+            if state == "done":
+                summary.skipped.append(scene_id)
+                continue
+            if state == "corrupt":
+                bar.write(f"{writer.path(scene_id)}: truncated or corrupt, extracting again")
+                summary.rewritten.append(scene_id)
+            if state == "stale":
+                bar.write(f"{writer.path(scene_id)}: its source files changed since extraction "
+                          f"({names(writer.changed(scene_id, root, verify), 3)}), extracting again")
+                summary.stale.append(scene_id)
+            scene = Scene(root, scene_id)
+            sources = fingerprint_files(scene.source_files(frame_ids), root, verify)
+            batch = scene.load_frames(frame_ids)
+            tokens, valid, native = encode_scene(teacher, batch, spec.grid, cfg.teacher.batch_frames, device, dtype)
+            writer.write(scene_id, tokens, valid, frame_ids, native, sources)
+            summary.written.append(scene_id)
+        finally:
+            writer.release(scene_id)
     summary.seconds = time.perf_counter() - start
     return summary
 
 
 def main_extract(args: argparse.Namespace) -> None:
-    """`threedrs extract CONFIG [k=v ...] [--scenes id1,id2]` (fields: config, overrides, scenes)."""
+    """`threedrs extract CONFIG [k=v ...] [--scenes id1,id2] [--overwrite] [--verify]`."""
     cfg = load_config(args.config, args.overrides)
     scenes = args.scenes.split(",") if args.scenes else None
-    summary = extract(cfg, scenes)
+    summary = extract(cfg, scenes, overwrite=getattr(args, "overwrite", False), verify=getattr(args, "verify", False))
     print(summary.describe())

@@ -25,6 +25,7 @@ import torch
 from threedrs.data.instances import SceneDataError
 from threedrs.data.scene import Scene, read_depth
 from threedrs.geometry import depth_to_world, voxel_keys
+from threedrs.locking import FileLock
 
 RULES = ("uniform", "max_coverage")
 
@@ -116,14 +117,26 @@ class FrameLists:
             raise ValueError(f"rule: unknown frame sampling rule {rule!r}; known: {', '.join(RULES)}")
         self.path, self.root = Path(path), Path(root)
         self.rule, self.k, self.voxel_size = rule, k, voxel_size
-        self._lists: dict[str, list[str]] = {}
-        if self.path.is_file():
+        self._lists: dict[str, list[str]] = self._read() if self.path.is_file() else {}
+
+    def _read(self) -> dict[str, list[str]]:
+        """The stored lists; SceneDataError naming the file (and key or scene) when it is damaged or foreign."""
+        try:
             data = json.loads(self.path.read_text())
-            stored = (data.get("rule"), data.get("frames"), data.get("voxel"))
-            if stored != (rule, k, voxel_size):
-                raise SceneDataError(f"{self.path}: frame lists were made for rule={stored[0]}, frames={stored[1]}, "
-                                     f"voxel={stored[2]}, not rule={rule}, frames={k}, voxel={voxel_size}")
-            self._lists = {s: list(v) for s, v in data["scenes"].items()}
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SceneDataError(f"{self.path}: not valid JSON ({exc}); delete it to compute the frame lists "
+                                 f"again") from None
+        if not isinstance(data, dict) or not isinstance(data.get("scenes"), dict):
+            raise SceneDataError(f"{self.path}: expected a mapping with a 'scenes' mapping; delete it to compute "
+                                 f"the frame lists again")
+        stored = (data.get("rule"), data.get("frames"), data.get("voxel"))
+        if stored != (self.rule, self.k, self.voxel_size):
+            raise SceneDataError(f"{self.path}: frame lists were made for rule={stored[0]}, frames={stored[1]}, "
+                                 f"voxel={stored[2]}, not rule={self.rule}, frames={self.k}, voxel={self.voxel_size}")
+        for scene_id, ids in data["scenes"].items():
+            if not isinstance(ids, list) or not ids or not all(isinstance(f, str) for f in ids):
+                raise SceneDataError(f"{self.path}: scene {scene_id!r} must map to a non-empty list of frame ids")
+        return {s: list(v) for s, v in data["scenes"].items()}
 
     def __call__(self, scene: Scene | str) -> list[str]:
         """The frame ids of a scene (computed and saved on first request)."""
@@ -135,8 +148,13 @@ class FrameLists:
         return self._lists[scene_id]
 
     def _save(self) -> None:
+        """Merge this process's lists into the file, under its lock: processes that share a cache (the ranks of an
+        extraction, a training next to an extraction) each add their scenes without losing the others'."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"rule": self.rule, "frames": self.k, "voxel": self.voxel_size,
-                                   "scenes": self._lists}, indent=1))
-        tmp.replace(self.path)
+        with FileLock(self.path.with_name(self.path.name + ".lock"), f"{self.path}").acquire(wait=60.0):
+            if self.path.is_file():
+                self._lists = {**self._read(), **self._lists}
+            tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
+            tmp.write_text(json.dumps({"rule": self.rule, "frames": self.k, "voxel": self.voxel_size,
+                                       "scenes": self._lists}, indent=1))
+            tmp.replace(self.path)

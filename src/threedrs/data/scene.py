@@ -196,6 +196,20 @@ class Scene:
             depth_K=torch.from_numpy(self.depth_K.copy()),
         )
 
+    def source_files(self, frame_ids: list[str], objects: bool = False) -> list[Path]:
+        """The files that reading these frames depends on: both intrinsics, the axis alignment (when present) and
+        each frame's colour, depth and pose; with ``objects`` also the instance files the object boxes come from.
+        What a feature cache or an evaluation fingerprints (`threedrs.provenance.fingerprint_files`)."""
+        files = [self.frame_dir / "intrinsic.txt", self.frame_dir / "depth_intrinsic.txt"]
+        extra = [self.scan_dir / f"{self.scene_id}.txt"]
+        if objects:
+            extra += [self.scan_dir / f"{self.scene_id}{suffix}" for suffix in
+                      ("_vh_clean_2.ply", "_vh_clean_2.0.010000.segs.json", ".aggregation.json")]
+        files += [p for p in extra if p.is_file()]
+        for frame_id in dict.fromkeys(frame_ids):
+            files += [self.frame_dir / f"{frame_id}{ext}" for ext in (".jpg", ".png", ".txt")]
+        return files
+
     @cached_property
     def objects(self) -> list[ObjectBox]:
         """Annotated objects with aligned boxes, from the scan's mesh/segments/aggregation files."""

@@ -6,11 +6,17 @@ Layout of a cache directory (``teacher.cache_dir``)::
     frame_lists.json           the frame list of every scene (data.sampling, data.frames): the ONE list that
                                `threedrs extract` and the student dataset both read (see `frame_lists_for`)
     <scene_id>.safetensors     tensors "tokens" [S, h, w, C] float16 and "valid" [S, h, w] bool; string
-                               metadata repeats the spec and holds the scene's frame ids (JSON list)
+                               metadata repeats the spec and holds the scene's frame ids (JSON list) and
+                               "sources": the fingerprint of every file the features were computed from
+                               ({path under data.root: [bytes, mtime_ns(, sha256)]}, `threedrs.provenance`)
+    .lock, .locks/<scene>.lock advisory locks: the manifest is checked and written under ``.lock``; a scene is
+                               extracted only by the process holding its lock (`threedrs.locking`)
 
 A file is written to ``<scene_id>.safetensors.tmp-<pid>``, flushed, fsync'ed and renamed into place, so a
-final name always holds a whole file; leftover temporary files are ignored by readers and replaced when the
-scene is extracted again. Readers check each file's header against its size (a truncated file is reported,
+final name always holds a whole file; leftover temporary files are ignored by readers and removed only by the
+holder of the scene's lock, so a live writer's temporary file is never touched. A scene whose source files
+changed since extraction (size or modification time; content with ``--verify``) is stale: `threedrs extract`
+extracts it again and training refuses it. Readers check each file's header against its size (a truncated file is reported,
 and `threedrs extract` rewrites it), memory-map it with ``safetensors.safe_open`` for each access and keep
 nothing between accesses: no per-worker cache, so data-loader memory does not grow with the number of scenes.
 
@@ -20,9 +26,7 @@ depth); its stored features are zeros and must be masked by the consumer, never 
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import struct
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -30,23 +34,24 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
-from threedrs import __version__
 from threedrs.config import ExperimentConfig
 from threedrs.data.sampling import FrameLists
+from threedrs.provenance import changed_files, differences
 
 __all__ = [
     "CacheError",
     "CacheMismatchError",
     "CacheSpec",
-    "CacheWriter",
     "CorruptCacheFileError",
-    "DiskFullError",
     "FeatureCache",
     "SceneFeatures",
     "check_cache_file",
+    "file_sources",
+    "file_spec",
+    "read_manifest",
+    "refuse_if_different",
     "frame_lists_for",
     "pool_to_grid",
 ]
@@ -57,7 +62,6 @@ MANIFEST = "manifest.json"
 FRAME_LISTS = "frame_lists.json"
 SUFFIX = ".safetensors"
 VALIDITY_RULE = "any"  # a pooled token is valid when any source token in its bin is valid (mean over valid ones)
-_STORED_DTYPE = torch.float16
 
 
 class CacheError(ValueError):
@@ -70,10 +74,6 @@ class CacheMismatchError(CacheError):
 
 class CorruptCacheFileError(CacheError):
     """A cache file is truncated or not a valid safetensors file; re-running `threedrs extract` rewrites it."""
-
-
-class DiskFullError(CacheError):
-    """The disk ran full while writing a cache file; the temporary file was removed."""
 
 
 @dataclass(frozen=True)
@@ -119,14 +119,8 @@ class CacheSpec:
         return cls(**kwargs)
 
     def differences(self, expected: CacheSpec) -> list[str]:
-        """One "field: cache has X, config asks Y" line per field that differs (None in ``expected`` = any)."""
-        out = []
-        for f in fields(self):
-            want = getattr(expected, f.name)
-            have = getattr(self, f.name)
-            if want is not None and have != want:
-                out.append(f"{f.name}: cache has {have!r}, config asks {want!r}")
-        return out
+        """One "field: recorded X, this run has Y" line per field that differs (None in ``expected`` = any)."""
+        return differences(asdict(self), asdict(expected), any_none=True)
 
     def to_metadata(self) -> dict[str, str]:
         """The spec as safetensors string metadata (values JSON-encoded)."""
@@ -218,7 +212,7 @@ def check_cache_file(path: Path) -> dict:
     return header
 
 
-def _file_spec(path: Path, header: dict) -> tuple[CacheSpec, list[str], tuple[int, int]]:
+def file_spec(path: Path, header: dict) -> tuple[CacheSpec, list[str], tuple[int, int]]:
     """(spec, frame ids, source grid) from a checked file header."""
     meta = header["__metadata__"]
     try:
@@ -230,7 +224,18 @@ def _file_spec(path: Path, header: dict) -> tuple[CacheSpec, list[str], tuple[in
     return CacheSpec.from_mapping(decoded, path), frame_ids, source_grid
 
 
-def _read_manifest(directory: Path) -> dict:
+def file_sources(path: Path, header: dict) -> dict[str, list]:
+    """The "sources" fingerprint of a checked file header ({} when absent)."""
+    try:
+        sources = json.loads(header["__metadata__"].get("sources", "{}"))
+    except ValueError:
+        raise CorruptCacheFileError(f"{path}: cache file metadata 'sources' is not JSON") from None
+    if not isinstance(sources, dict):
+        raise CorruptCacheFileError(f"{path}: cache file metadata 'sources' is not a mapping")
+    return sources
+
+
+def read_manifest(directory: Path) -> dict:
     path = directory / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{directory}: no feature cache here ({MANIFEST} not found); run `threedrs extract`")
@@ -246,11 +251,11 @@ def _read_manifest(directory: Path) -> dict:
     return manifest
 
 
-def _refuse_if_different(have: CacheSpec, expected: CacheSpec, what: str) -> None:
+def refuse_if_different(have: CacheSpec, expected: CacheSpec, what: str) -> None:
     diff = have.differences(expected)
     if diff:
         raise CacheMismatchError(f"{what} does not match the run's config: {'; '.join(diff)} "
-                                 f"(use another teacher.cache_dir, or delete this cache to extract it again)")
+                                 f"(use another teacher.cache_dir, or extract again with --overwrite)")
 
 
 class FeatureCache:
@@ -264,10 +269,10 @@ class FeatureCache:
 
     def __init__(self, directory: str | Path, expected: CacheSpec | None = None):
         self.directory = Path(directory)
-        self.manifest = _read_manifest(self.directory)
+        self.manifest = read_manifest(self.directory)
         self.spec = CacheSpec.from_mapping(self.manifest, self.directory / MANIFEST)
         if expected is not None:
-            _refuse_if_different(self.spec, expected, f"feature cache {self.directory}")
+            refuse_if_different(self.spec, expected, f"feature cache {self.directory}")
 
     def path(self, scene_id: str) -> Path:
         """The final file of a scene (it may not exist)."""
@@ -280,6 +285,16 @@ class FeatureCache:
     def __contains__(self, scene_id: str) -> bool:
         return self.path(scene_id).is_file()
 
+    def sources(self, scene_id: str) -> dict[str, list]:
+        """The fingerprint of the files a scene's features were computed from ({} if the file has none)."""
+        return file_sources(self.path(scene_id), check_cache_file(self.path(scene_id)))
+
+    def changed_sources(self, scene_id: str, root: str | Path, verify: bool = False) -> list[str]:
+        """The source files of a scene (paths under ``root``) that changed since its extraction; a file without
+        a fingerprint (written by an older threedrs) counts as changed."""
+        stored = self.sources(scene_id)
+        return changed_files(stored, Path(root), verify) if stored else ["(no fingerprint of its frames)"]
+
     def load(self, scene_id: str, frame_ids: list[str] | None = None) -> SceneFeatures:
         """Read one scene; ``frame_ids`` (the run's frame list) must equal the stored ones when given.
 
@@ -288,8 +303,8 @@ class FeatureCache:
         path = self.path(scene_id)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: scene {scene_id} is not in the feature cache; run `threedrs extract`")
-        spec, stored_ids, source_grid = _file_spec(path, check_cache_file(path))
-        _refuse_if_different(spec, self.spec, f"cache file {path}")
+        spec, stored_ids, source_grid = file_spec(path, check_cache_file(path))
+        refuse_if_different(spec, self.spec, f"cache file {path}")
         if frame_ids is not None and list(frame_ids) != stored_ids:
             raise CacheMismatchError(f"{path}: extracted for frames {stored_ids}, the run uses {list(frame_ids)}; "
                                      f"extract again (the frame lists changed)")
@@ -299,99 +314,3 @@ class FeatureCache:
         except Exception as exc:  # safetensors raises its own error type for damaged files
             raise CorruptCacheFileError(f"{path}: cannot read cache file ({exc})") from exc
         return SceneFeatures(scene_id, tokens, valid, stored_ids, source_grid)
-
-
-class CacheWriter:
-    """Writes scene files into a cache directory for one CacheSpec (used by `threedrs extract`).
-
-    On creation the manifest is checked when present (mismatch: CacheMismatchError naming each field) or,
-    when absent and ``write_manifest`` is true, written BEFORE any scene file (rank 0 of a multi-process
-    extraction writes it; other ranks only check). ``source_grid`` is recorded for information.
-    """
-
-    def __init__(self, directory: str | Path, spec: CacheSpec, source_grid: tuple[int, int],
-                 write_manifest: bool = True):
-        self.directory = Path(directory)
-        self.spec = spec
-        if spec.weights_checksum is None or spec.channels is None:
-            raise ValueError("spec: a writer needs the teacher's weights_checksum and channels")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        manifest_path = self.directory / MANIFEST
-        if manifest_path.is_file():
-            stored = CacheSpec.from_mapping(_read_manifest(self.directory), manifest_path)
-            _refuse_if_different(stored, spec, f"feature cache {self.directory}")
-        elif write_manifest:
-            manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(spec),
-                        "source_grid": list(source_grid), "validity": VALIDITY_RULE,
-                        "package_version": __version__}
-            self._write_atomic(manifest_path, (json.dumps(manifest, indent=1) + "\n").encode())
-
-    def path(self, scene_id: str) -> Path:
-        return self.directory / f"{scene_id}{SUFFIX}"
-
-    def status(self, scene_id: str, frame_ids: list[str]) -> str:
-        """"done" (a whole file for this spec and these frames), "missing" or "corrupt" (to be rewritten).
-
-        A whole file written for another spec or other frames raises CacheMismatchError: it is not redone
-        silently.
-        """
-        path = self.path(scene_id)
-        if not path.is_file():
-            return "missing"
-        try:
-            spec, stored_ids, _ = _file_spec(path, check_cache_file(path))
-        except CorruptCacheFileError:
-            return "corrupt"
-        _refuse_if_different(spec, self.spec, f"cache file {path}")
-        if stored_ids != list(frame_ids):
-            raise CacheMismatchError(f"{path}: extracted for frames {stored_ids}, the run's frame list is "
-                                     f"{list(frame_ids)}; delete the file or use another teacher.cache_dir")
-        return "done"
-
-    def write(self, scene_id: str, tokens: Tensor, valid: Tensor, frame_ids: list[str],
-              source_grid: tuple[int, int]) -> Path:
-        """Store one scene: tokens [S, h, w, C] (any float dtype; stored float16, zeros where invalid),
-        valid [S, h, w] bool, the S frame ids and the teacher's native grid. Returns the final path.
-
-        Raises ValueError for shapes that do not match the spec, CacheError for values beyond float16,
-        DiskFullError when the disk runs full (no partial file is left behind).
-        """
-        frames = len(frame_ids)
-        want = [frames, *self.spec.grid, self.spec.channels]
-        if list(tokens.shape) != want or not tokens.is_floating_point():
-            raise ValueError(f"tokens: expected a float tensor {want} for {scene_id}, got {tokens.dtype} "
-                             f"{list(tokens.shape)}")
-        if list(valid.shape) != want[:3] or valid.dtype != torch.bool:
-            raise ValueError(f"valid: expected a bool tensor {want[:3]} for {scene_id}, got {valid.dtype} "
-                             f"{list(valid.shape)}")
-        valid = valid.detach().cpu().contiguous()
-        stored = torch.where(valid[..., None], tokens.detach().cpu().float(), 0.0).to(_STORED_DTYPE).contiguous()
-        if not bool(torch.isfinite(stored).all()):
-            raise CacheError(f"{scene_id}: teacher features are non-finite or beyond the float16 range "
-                             f"(|x| > 65504) at valid tokens; check the teacher's dtype (try teacher.dtype=float32)")
-        metadata = {**self.spec.to_metadata(), "scene_id": json.dumps(scene_id),
-                    "frame_ids": json.dumps(list(frame_ids)), "source_grid": json.dumps(list(source_grid)),
-                    "validity": json.dumps(VALIDITY_RULE), "package_version": json.dumps(__version__)}
-        data = safetensors_bytes({"tokens": stored, "valid": valid}, metadata=metadata)
-        final = self.path(scene_id)
-        for stale in self.directory.glob(f"{final.name}.tmp-*"):
-            stale.unlink(missing_ok=True)
-        self._write_atomic(final, data)
-        return final
-
-    @staticmethod
-    def _write_atomic(final: Path, data: bytes) -> None:
-        """Write ``data`` to a temporary sibling, fsync, rename onto ``final``; remove the temporary on error."""
-        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, final)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            if exc.errno == errno.ENOSPC:
-                raise DiskFullError(f"disk full while writing {final} ({len(data) / 1e6:.1f} MB); the partial file "
-                                    f"was removed: free space and re-run to complete the cache") from exc
-            raise
