@@ -2,7 +2,9 @@
 
 For each benchmark, `RUN/predictions/<benchmark>.jsonl` gets one line per sample, appended and flushed as soon as
 it is produced; a re-run skips the ids already written (a line cut short by an interruption is dropped and
-redone). Grounding (ScanRefer, Multi3DRefer) scores the detector proposals of `eval.proposals` with the grounding
+redone), but only when the folder's provenance record says the same checkpoint, config and data wrote them
+(`threedrs.eval_folder`; otherwise refused, or started afresh with --overwrite). One process at a time appends
+to a predictions file (its lock names the holder). Eval prints which checkpoint it evaluates. Grounding (ScanRefer, Multi3DRefer) scores the detector proposals of `eval.proposals` with the grounding
 head and applies V3D's prediction rules; Scan2Cap, ScanQA and SQA3D generate greedily (Scan2Cap's prompt box is
 the best proposal with IoU >= 0.5 to the object; without one the caption is empty). With `eval.probe` every
 line also records the sample's 3D-awareness score at `eval.probe_layers` (the correlation study). Scores are
@@ -20,11 +22,14 @@ import torch
 from tqdm import tqdm
 
 from threedrs.align.task import AlignTask, Batch
+from threedrs.checkpoint import model_sha256, newest_checkpoint, read_model_weights
 from threedrs.config import ExperimentConfig
 from threedrs.data.dataset import (Candidates, SceneSampleDataset, collate, read_box_table,
                                    scene_object_boxes)
 from threedrs.data.instances import SceneDataError
 from threedrs.data.tasks import load_benchmark
+from threedrs.eval_folder import eval_record, open_eval
+from threedrs.locking import FileLock
 from threedrs.metrics.correspondence import correspondence_score
 from threedrs.models.base import token_embedding_offsets
 
@@ -41,8 +46,6 @@ class EvalResult:
 
 def resolve_checkpoint(cfg: ExperimentConfig) -> Path | None:
     """The checkpoint folder to evaluate: eval.checkpoint, else the newest under output_dir; None for "none"."""
-    from threedrs.train import latest_checkpoint
-
     if cfg.eval.checkpoint == "none":
         return None
     if cfg.eval.checkpoint:
@@ -50,21 +53,29 @@ def resolve_checkpoint(cfg: ExperimentConfig) -> Path | None:
         if not (path / "model.safetensors").is_file():
             raise FileNotFoundError(f"{path}: not a training checkpoint (no model.safetensors)")
         return path
-    found = latest_checkpoint(Path(cfg.output_dir))
+    found = newest_checkpoint(Path(cfg.output_dir))
     if found is None:
         raise FileNotFoundError(f"no checkpoint under {Path(cfg.output_dir) / 'checkpoints'}; train first or set "
                                 "eval.checkpoint=none to evaluate the untrained model")
     return found
 
 
+def checkpoint_identity(cfg: ExperimentConfig, checkpoint: Path | None) -> dict:
+    """{"path", "sha256"} of the weights evaluated (checked against the checkpoint's state.json); printed."""
+    if checkpoint is None:
+        print(f"evaluating the untrained model ({cfg.model.path or 'tiny random model'}; eval.checkpoint=none)")
+        return {"path": None, "sha256": None}
+    sha = model_sha256(checkpoint)
+    print(f"evaluating checkpoint {checkpoint} (model.safetensors sha256 {sha[:12]})")
+    return {"path": str(checkpoint), "sha256": sha}
+
+
 def load_task(cfg: ExperimentConfig, checkpoint: Path | None) -> AlignTask:
     """The AlignTask of `cfg` with the checkpoint's weights (heads included; head sizes read from the file)."""
-    from safetensors.torch import load_file
-
     from threedrs.models.registry import build_adapter
     from threedrs.train import apply_lora
 
-    state = load_file(str(checkpoint / "model.safetensors")) if checkpoint is not None else {}
+    state = read_model_weights(checkpoint) if checkpoint is not None else {}
     head_keys = [k for k in state if re.fullmatch(r"heads\.-?\d+\.net\.2\.weight", k)]
     teacher_dim = int(state[head_keys[0]].shape[0]) if head_keys else None
     loss = cfg.align.loss if (teacher_dim is not None or cfg.align.loss == "correspondence") else "none"
@@ -84,24 +95,36 @@ def load_task(cfg: ExperimentConfig, checkpoint: Path | None) -> AlignTask:
 
 
 class PredictionsFile:
-    """An append-only JSONL file of one benchmark; knows which ids it already holds."""
+    """An append-only JSONL file of one benchmark; knows which ids it already holds.
+
+    Opening it takes its lock (``<file>.lock``; LockedError naming the holder when another process appends to
+    it), so that only the holder trims a line cut short by an interruption; `close` releases it.
+    """
 
     def __init__(self, path: Path):
         self.path = path
         self.done: set[str] = set()
-        if path.is_file():
-            raw = path.read_bytes()
+        self.lock = FileLock(path.with_name(path.name + ".lock"), f"the predictions file {path}").acquire()
+        try:
+            self._read()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _read(self) -> None:
+        if self.path.is_file():
+            raw = self.path.read_bytes()
             keep = raw if raw.endswith(b"\n") or not raw else raw[: raw.rfind(b"\n") + 1]
             if len(keep) != len(raw):  # an interrupted write: drop the partial last line, redo that sample
-                path.write_bytes(keep)
-            for n, line in enumerate(keep.decode().splitlines(), 1):
+                self.path.write_bytes(keep)
+            for n, line in enumerate(keep.splitlines(), 1):
                 if line.strip():
                     try:
-                        self.done.add(str(json.loads(line)["id"]))
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        raise SceneDataError(f"{path}: line {n} is not a prediction record; fix or delete the "
-                                             "file") from None
-        path.parent.mkdir(parents=True, exist_ok=True)
+                        self.done.add(str(json.loads(line.decode("utf-8"))["id"]))
+                    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+                        raise SceneDataError(f"{self.path}: line {n} is not a prediction record (UTF-8 JSON with "
+                                             f"an 'id'); fix or delete the file") from None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def append(self, records: list[dict]) -> None:
         with self.path.open("a") as fh:
@@ -109,6 +132,15 @@ class PredictionsFile:
                 fh.write(json.dumps(r) + "\n")
                 self.done.add(r["id"])
             fh.flush()
+
+    def close(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> PredictionsFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _probe(cfg: ExperimentConfig, hidden: dict[int, torch.Tensor], batch: Batch, i: int) -> dict:
@@ -177,8 +209,12 @@ def _generation_records(task: AlignTask, cfg: ExperimentConfig, batch: Batch) ->
     return records
 
 
-def evaluate(cfg: ExperimentConfig, run_dir: str | Path | None = None, progress: bool = True) -> EvalResult:
-    """Evaluate `cfg.eval.benchmarks`; predictions and metrics go to run_dir (default output_dir/eval)."""
+def evaluate(cfg: ExperimentConfig, run_dir: str | Path | None = None, progress: bool = True,
+             overwrite: bool = False) -> EvalResult:
+    """Evaluate `cfg.eval.benchmarks`; predictions and metrics go to run_dir (default output_dir/eval).
+
+    overwrite: delete the folder's predictions first when another run (checkpoint, config, data) wrote them.
+    """
     from threedrs.scoring import score_run
     from threedrs.teachers.cache import frame_lists_for
 
@@ -186,36 +222,47 @@ def evaluate(cfg: ExperimentConfig, run_dir: str | Path | None = None, progress:
     run = Path(run_dir) if run_dir is not None else Path(cfg.output_dir) / "eval"
     root = Path(cfg.data.root)
     checkpoint = resolve_checkpoint(cfg)
-    task = load_task(cfg, checkpoint)
+    identity = checkpoint_identity(cfg, checkpoint)
     proposals = read_box_table(root / e.proposals)
     frame_lists = frame_lists_for(cfg)
-    torch.manual_seed(cfg.seed)
-    for bench in e.benchmarks:
-        samples = load_benchmark(root, bench, e.split)[: e.limit]
-        out = PredictionsFile(run / "predictions" / f"{bench}.jsonl")
-        pending = [s for s in samples if s.id not in out.done]
-        scenes = sorted({s.scene_id for s in samples})
-        missing = [s for s in scenes if s not in proposals]
+    by_bench = {bench: load_benchmark(root, bench, e.split)[: e.limit] for bench in e.benchmarks}
+    for bench, samples in by_bench.items():
+        missing = sorted({s.scene_id for s in samples} - set(proposals))
         if missing and bench in GROUNDING + ("scan2cap",):
             raise SceneDataError(f"{root / e.proposals}: no proposals for scene(s) {', '.join(missing[:10])}")
-        gt = scene_object_boxes(root, scenes)
-        cands = {s: Candidates(proposals[s], None) for s in scenes if s in proposals}
-        dataset = SceneSampleDataset(pending, root, frame_lists, task.adapter.footprints, cands, gt)
-        bar = tqdm(total=len(samples), initial=len(samples) - len(pending), desc=f"eval {bench}", unit="sample",
-                   disable=not progress)
-        with torch.no_grad():
-            for start in range(0, len(pending), e.batch_size):
-                chunk = list(range(start, min(start + e.batch_size, len(pending))))
-                batch = collate([dataset[k] for k in chunk])
-                if bench in GROUNDING:
-                    records = _grounding_records(task, cfg, batch, gt)
-                else:
-                    records = _generation_records(task, cfg, batch)
-                out.append(records)
-                bar.update(len(chunk))
-        bar.close()
+    open_eval(run, eval_record(cfg, identity, by_bench, frame_lists), overwrite)
+    task = load_task(cfg, checkpoint)
+    torch.manual_seed(cfg.seed)
+    for bench, samples in by_bench.items():
+        with PredictionsFile(run / "predictions" / f"{bench}.jsonl") as out:
+            _evaluate_benchmark(task, cfg, bench, samples, out, proposals, frame_lists, progress)
     metrics = score_run(run, benchmarks=list(e.benchmarks), meteor=e.meteor)
     return EvalResult(run, metrics)
+
+
+def _evaluate_benchmark(task: AlignTask, cfg: ExperimentConfig, bench: str, samples: list, out: PredictionsFile,
+                        proposals: dict, frame_lists, progress: bool) -> None:
+    """Predict the samples of one benchmark that ``out`` does not hold yet, appending batch by batch."""
+    e = cfg.eval
+    root = Path(cfg.data.root)
+    pending = [s for s in samples if s.id not in out.done]
+    scenes = sorted({s.scene_id for s in samples})
+    gt = scene_object_boxes(root, scenes)
+    cands = {s: Candidates(proposals[s], None) for s in scenes if s in proposals}
+    dataset = SceneSampleDataset(pending, root, frame_lists, task.adapter.footprints, cands, gt)
+    bar = tqdm(total=len(samples), initial=len(samples) - len(pending), desc=f"eval {bench}", unit="sample",
+               disable=not progress)
+    with torch.no_grad():
+        for start in range(0, len(pending), e.batch_size):
+            chunk = list(range(start, min(start + e.batch_size, len(pending))))
+            batch = collate([dataset[k] for k in chunk])
+            if bench in GROUNDING:
+                records = _grounding_records(task, cfg, batch, gt)
+            else:
+                records = _generation_records(task, cfg, batch)
+            out.append(records)
+            bar.update(len(chunk))
+    bar.close()
 
 
 def write_chance_predictions(cfg: ExperimentConfig, run_dir: str | Path, seed: int = 0) -> dict:
@@ -225,43 +272,52 @@ def write_chance_predictions(cfg: ExperimentConfig, run_dir: str | Path, seed: i
     rules; Scan2Cap: a random training description (same detection rule as `evaluate`); ScanQA / SQA3D: a
     uniformly random answer among the distinct training answers of the benchmark.
     """
-    from threedrs.metrics.grounding import best_proposal, multi3drefer_prediction, scanrefer_prediction
     from threedrs.scoring import score_run
+    from threedrs.teachers.cache import frame_lists_for
 
     e = cfg.eval
     run = Path(run_dir)
     root = Path(cfg.data.root)
     gen = torch.Generator().manual_seed(seed)
     proposals = read_box_table(root / e.proposals)
-    for bench in e.benchmarks:
-        samples = load_benchmark(root, bench, e.split)[: e.limit]
+    by_bench = {bench: load_benchmark(root, bench, e.split)[: e.limit] for bench in e.benchmarks}
+    open_eval(run, eval_record(cfg, {"policy": "chance", "seed": seed}, by_bench, frame_lists_for(cfg)))
+    for bench, samples in by_bench.items():
         gt = scene_object_boxes(root, sorted({s.scene_id for s in samples}))
         pool = sorted({a for s in load_benchmark(root, bench, "train") for a in s.answers})
-        out = PredictionsFile(run / "predictions" / f"{bench}.jsonl")
-        records = []
-        for s in samples:
-            if s.id in out.done:
-                continue
-            ids, boxes = gt[s.scene_id]
-            targets = [boxes[ids.index(t)] for t in s.target_ids]
-            rec = {"id": s.id, "scene_id": s.scene_id, "question_type": s.question_type}
-            guess = pool[int(torch.randint(len(pool), (1,), generator=gen))] if pool else ""
-            if bench in GROUNDING:
-                cand = proposals[s.scene_id]
-                scores = torch.rand(len(cand) + 1, generator=gen)
-                rec["scores"] = scores.tolist()
-                if bench == "scanrefer":
-                    rec |= {"pred_box": scanrefer_prediction(scores, cand).tolist(), "gt_box": targets[0].tolist()}
-                else:
-                    rec |= {"pred_boxes": multi3drefer_prediction(scores, cand).tolist(),
-                            "gt_boxes": [t.tolist() for t in targets]}
-            elif bench == "scan2cap":
-                detected = best_proposal(targets[0], proposals.get(s.scene_id, torch.zeros(0, 6)))[0] is not None
-                rec |= {"prediction": guess if detected else "", "references": s.answers, "detected": detected}
-            elif bench == "scanqa":
-                rec |= {"prediction": guess, "answers": s.answers}
-            else:
-                rec |= {"prediction": guess, "answer": s.answer, "question": s.question}
-            records.append(rec)
-        out.append(records)
+        with PredictionsFile(run / "predictions" / f"{bench}.jsonl") as out:
+            _append_chance(out, bench, samples, gt, pool, proposals, gen)
     return score_run(run, benchmarks=list(e.benchmarks), meteor=e.meteor)
+
+
+def _append_chance(out: PredictionsFile, bench: str, samples: list, gt: dict, pool: list[str], proposals: dict,
+                   gen: torch.Generator) -> None:
+    """The chance policy's records of the samples ``out`` does not hold yet (see `write_chance_predictions`)."""
+    from threedrs.metrics.grounding import best_proposal, multi3drefer_prediction, scanrefer_prediction
+
+    records = []
+    for s in samples:
+        if s.id in out.done:
+            continue
+        ids, boxes = gt[s.scene_id]
+        targets = [boxes[ids.index(t)] for t in s.target_ids]
+        rec = {"id": s.id, "scene_id": s.scene_id, "question_type": s.question_type}
+        guess = pool[int(torch.randint(len(pool), (1,), generator=gen))] if pool else ""
+        if bench in GROUNDING:
+            cand = proposals[s.scene_id]
+            scores = torch.rand(len(cand) + 1, generator=gen)
+            rec["scores"] = scores.tolist()
+            if bench == "scanrefer":
+                rec |= {"pred_box": scanrefer_prediction(scores, cand).tolist(), "gt_box": targets[0].tolist()}
+            else:
+                rec |= {"pred_boxes": multi3drefer_prediction(scores, cand).tolist(),
+                        "gt_boxes": [t.tolist() for t in targets]}
+        elif bench == "scan2cap":
+            detected = best_proposal(targets[0], proposals.get(s.scene_id, torch.zeros(0, 6)))[0] is not None
+            rec |= {"prediction": guess if detected else "", "references": s.answers, "detected": detected}
+        elif bench == "scanqa":
+            rec |= {"prediction": guess, "answers": s.answers}
+        else:
+            rec |= {"prediction": guess, "answer": s.answer, "question": s.question}
+        records.append(rec)
+    out.append(records)

@@ -24,6 +24,7 @@ import reprlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from threedrs.eval_folder import recorded_ids
 from threedrs.metrics.captioning import MeteorSession, scan2cap_cider_per_sample, scan2cap_scores
 from threedrs.metrics.grounding import (
     MULTI3DREFER_EVAL_TYPES,
@@ -152,12 +153,14 @@ def predictions_path(run_dir: str | Path, benchmark: str) -> Path:
     return Path(run_dir) / "predictions" / f"{benchmark}.jsonl"
 
 
-def read_predictions(path: str | Path, benchmark: str | None = None) -> list[dict]:
+def read_predictions(path: str | Path, benchmark: str | None = None, ids: Sequence[str] | None = None) -> list[dict]:
     """Read and validate one predictions file (the module docstring gives the format).
 
     Args:
         path: ``<benchmark>.jsonl``.
         benchmark: one of ``BENCHMARKS``; default: the file name without ``.jsonl``.
+        ids: the benchmark's sample ids (the evaluation folder's provenance record): a record with another id,
+            or a sample without a record, is an error. None: not checked.
     Returns:
         The records in file order. Blank lines are skipped.
     Raises:
@@ -174,6 +177,7 @@ def read_predictions(path: str | Path, benchmark: str | None = None) -> list[dic
         raise FileNotFoundError(f"{path}: no such predictions file")
     records: list[dict] = []
     first_line: dict[str, int] = {}
+    known = set(ids) if ids is not None else None
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             where = f"{path}, line {number}"
@@ -188,6 +192,9 @@ def read_predictions(path: str | Path, benchmark: str | None = None) -> list[dic
             except json.JSONDecodeError as error:
                 raise PredictionsError(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from None
             _check_record(benchmark, record, where)
+            if known is not None and record["id"] not in known:
+                raise PredictionsError(f"{where}: id {record['id']!r} is not a sample of {benchmark} as evaluated "
+                                       f"(see provenance.json); remove the line")
             if record["id"] in first_line:
                 raise PredictionsError(f"{where}: duplicate id {record['id']!r} (first on line "
                                        f"{first_line[record['id']]})")
@@ -195,6 +202,10 @@ def read_predictions(path: str | Path, benchmark: str | None = None) -> list[dic
             records.append(record)
     if not records:
         raise PredictionsError(f"{path}: no predictions (the file is empty)")
+    if known is not None and len(first_line) < len(known):
+        absent = [i for i in ids if i not in first_line]
+        raise PredictionsError(f"{path}: {len(absent)} of {len(known)} samples have no prediction (first: "
+                               f"{absent[0]!r}); finish the evaluation with `threedrs eval` (it resumes)")
     return records
 
 
@@ -345,8 +356,8 @@ def load_metrics(path: str | Path) -> dict:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write via a temporary file (one per process) and rename, so a crash never leaves a half-written file."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -368,7 +379,8 @@ def metrics_markdown(name: str, metrics: dict) -> str:
 def score_run(run_dir: str | Path, benchmarks: Sequence[str] | str | None = None, meteor: bool = True) -> dict:
     """Score every predictions file of a run (or the named ones) and write ``metrics.json`` and ``metrics.md``.
 
-    All files are read and validated before any scoring, and one METEOR session serves the whole run (opened
+    All files are read and validated before any scoring (against the sample ids of the folder's provenance
+    record when it has one: `threedrs eval` writes it), and one METEOR session serves the whole run (opened
     only when METEOR is wanted and scan2cap or scanqa is scored). The two output files are replaced atomically
     and hold exactly the benchmarks scored by this call; predictions files are only read.
 
@@ -381,7 +393,8 @@ def score_run(run_dir: str | Path, benchmarks: Sequence[str] | str | None = None
     """
     run = Path(run_dir)
     names = _present_benchmarks(run, parse_benchmarks(benchmarks))
-    records = {name: read_predictions(predictions_path(run, name), name) for name in names}
+    recorded = recorded_ids(run) or {}
+    records = {name: read_predictions(predictions_path(run, name), name, recorded.get(name)) for name in names}
     use_meteor = bool(meteor) and any(name in _CAPTION_BENCHMARKS for name in names)
     with MeteorSession() if use_meteor else contextlib.nullcontext(False) as session:
         results = {name: score_benchmark(name, records[name], meteor=session) for name in names}
