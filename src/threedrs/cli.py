@@ -57,7 +57,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from threedrs.config import load_config
     from threedrs.train import train
 
-    result = train(load_config(args.config, args.overrides), resume=args.resume)
+    result = train(load_config(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite)
     print(f"trained {result.steps} steps; checkpoint {result.checkpoint}; log {result.log_path}")
 
 
@@ -72,7 +72,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     if args.probe:
         extra.append("eval.probe=true")
     cfg = load_config(args.config, list(args.overrides) + extra)
-    result = evaluate(cfg, run_dir=args.out)
+    result = evaluate(cfg, run_dir=args.out, overwrite=args.overwrite)
     print(metrics_markdown(result.run_dir.name, result.metrics))
     print(f"predictions and metrics in {result.run_dir}")
 
@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "torchrun or accelerate to split the scenes over GPUs.")
     _add_config_args(p)
     p.add_argument("--scenes", default=None, help="comma-separated scene ids (default: every train and val scene)")
+    p.add_argument("--overwrite", action="store_true", help="delete the cache in teacher.cache_dir first")
+    p.add_argument("--verify", action="store_true",
+                   help="fingerprint the frames by content (sha256), not only by size and modification time")
     p.set_defaults(func=_cmd_extract)
 
     p = sub.add_parser("probe", help="score how 3D-aware a teacher's or an MLLM's tokens are (multi-view correspondence)",
@@ -148,17 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
                                    "one GPU, or many through `accelerate launch --config_file configs/accelerate/...`.")
     _add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the run already in output_dir (checkpoints, log, record, eval/) and start afresh")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="evaluate on ScanRefer, Multi3DRefer, Scan2Cap, ScanQA and SQA3D",
                        description="Run the trained model (newest checkpoint in output_dir, or eval.checkpoint) on "
                                    "the benchmarks, append predictions to <run>/predictions/<benchmark>.jsonl as they "
-                                   "are produced (a re-run skips what is done), then score them (metrics.json, "
+                                   "are produced (a re-run of the same checkpoint, config and data skips what is "
+                                   "done; another one is refused unless --overwrite), then score them (metrics.json, "
                                    "metrics.md). --probe also records each sample's 3D-awareness score.")
     _add_config_args(p)
     p.add_argument("--benchmarks", default=None, help="comma-separated subset (default: eval.benchmarks)")
     p.add_argument("--probe", action="store_true", help="record per-sample 3D-awareness (eval.probe=true)")
     p.add_argument("--out", default=None, help="run folder (default: <output_dir>/eval)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete predictions of another run (other checkpoint, config or data) in the folder first")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("score", help="re-score an evaluation run's predictions files (no model needed)",
@@ -208,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (ConfigError, OSError, ValueError, RuntimeError) as exc:  # each names its file, key or record
         print(f"threedrs {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -44,9 +45,10 @@ class SynthConfig:
 
     def validate(self) -> None:
         _check(self.scenes >= 2, "synth.scenes", "needs at least 2 rooms (one train, one val)")
+        _check(0 <= self.seed < 2**32, "synth.seed", "must lie in [0, 2**32)")
         _check(self.frames >= 1, "synth.frames", "must be at least 1")
         _check(self.width >= 16 and self.height >= 16, "synth.width/height", "images must be at least 16x16")
-        _check(0.0 < self.val_fraction < 1.0, "synth.val_fraction", "must lie in (0, 1)")
+        _check(_finite(self.val_fraction) and 0.0 < self.val_fraction < 1.0, "synth.val_fraction", "must lie in (0, 1)")
         _check(0 <= self.invalid_pose_frames < self.frames, "synth.invalid_pose_frames",
                "must be >= 0 and smaller than synth.frames")
 
@@ -63,7 +65,8 @@ class DataConfig:
 
     def validate(self) -> None:
         _check(self.frames >= 1, "data.frames", "must be at least 1")
-        _check(self.coverage_voxel > 0, "data.coverage_voxel", "must be positive (metres)")
+        _check(_finite(self.coverage_voxel) and self.coverage_voxel > 0, "data.coverage_voxel",
+               "must be a positive number of metres")
 
 
 @dataclass
@@ -75,7 +78,7 @@ class CorrespondenceConfig:
     same_frame: bool = False  # also count pairs of tokens from the same frame (authors' code does)
 
     def validate(self) -> None:
-        _check(self.voxel > 0, "correspondence.voxel", "must be positive (metres)")
+        _check(_finite(self.voxel) and self.voxel > 0, "correspondence.voxel", "must be a positive number of metres")
 
 
 @dataclass
@@ -119,6 +122,9 @@ class ModelConfig:
 
     def validate(self) -> None:
         _check(self.lora_rank >= 0, "model.lora_rank", "must be >= 0 (0 = off)")
+        _check(self.lora_alpha > 0, "model.lora_alpha", "must be > 0")
+        _check(_finite(self.lora_dropout) and 0 <= self.lora_dropout < 1, "model.lora_dropout", "must lie in [0, 1)")
+        _check(0 <= self.tiny_seed < 2**32, "model.tiny_seed", "must lie in [0, 2**32)")
         if self.image_size == "native":
             _check(self.family in ("qwen2_vl", "qwen2_5_vl"), "model.image_size",
                    f"native resolution is for qwen2_vl / qwen2_5_vl; {self.family} resizes to its tower's input")
@@ -141,9 +147,12 @@ class AlignConfig:
     grounding_temperature: float = 0.07  # temperature of the grounding head's InfoNCE and scores
 
     def validate(self) -> None:
-        _check(self.weight >= 0, "align.weight", "must be >= 0")
+        _check(_finite(self.weight) and self.weight >= 0, "align.weight", "must be a number >= 0")
         _check(len(self.layers) >= 1, "align.layers", "name at least one layer")
-        _check(self.infonce_temperature > 0 and self.grounding_temperature > 0, "align temperatures", "must be > 0")
+        _check(_finite(self.infonce_temperature) and self.infonce_temperature > 0, "align.infonce_temperature",
+               "must be a number > 0")
+        _check(_finite(self.grounding_temperature) and self.grounding_temperature > 0, "align.grounding_temperature",
+               "must be a number > 0")
 
 
 @dataclass
@@ -174,7 +183,14 @@ class TrainConfig:
                "must be >= 1")
         bad = [p for p in self.freeze if p not in ("vision", "projector", "llm")]
         _check(not bad, "train.freeze", f"unknown parts {bad}; choose from vision, projector, llm")
-        _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must lie in [0, 1)")
+        _check(_finite(self.warmup_ratio) and 0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must lie in [0, 1)")
+        for part in ("llm", "vision", "projector", "heads"):
+            rate = getattr(self, f"lr_{part}")
+            _check(_finite(rate) and rate >= 0, f"train.lr_{part}", f"must be a number >= 0, got {rate}")
+        _check(_finite(self.weight_decay) and self.weight_decay >= 0, "train.weight_decay", "must be a number >= 0")
+        _check(_finite(self.max_grad_norm) and self.max_grad_norm >= 0, "train.max_grad_norm",
+               "must be a number >= 0 (0 = no clipping)")
+        _check(self.num_workers >= 0, "train.num_workers", "must be >= 0 (0 = load in the main process)")
         _check(self.log_every >= 1 and self.save_every >= 1, "train.log_every/save_every", "must be >= 1")
 
 
@@ -198,6 +214,7 @@ class EvalConfig:
         _check(not unknown and len(self.benchmarks) >= 1, "eval.benchmarks", f"choose from {', '.join(TASK_NAMES)}")
         _check(self.batch_size >= 1 and self.max_new_tokens >= 1, "eval.batch_size/max_new_tokens", "must be >= 1")
         _check(self.limit is None or self.limit >= 1, "eval.limit", "must be >= 1 (or null for all)")
+        _check(len(self.probe_layers) >= 1, "eval.probe_layers", "name at least one layer")
 
 
 @dataclass
@@ -231,6 +248,10 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+    def validate(self) -> None:
+        _check(0 <= self.seed < 2**32, "seed", "must lie in [0, 2**32) (numpy's seed range)")
+        _check(bool(self.output_dir.strip()), "output_dir", "must name a folder")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -319,6 +340,11 @@ def validate(cfg: Any) -> None:
     check = getattr(cfg, "validate", None)
     if callable(check):
         check()
+
+
+def _finite(value: float) -> bool:
+    """True for a finite number (NaN and infinities pass comparisons like ``x >= 0`` or fail them silently)."""
+    return math.isfinite(value)
 
 
 def _check(ok: bool, key: str, message: str) -> None:
