@@ -52,6 +52,33 @@ def test_bad_values_are_named(override, message):
         load_config(None, [override])
 
 
+@pytest.mark.parametrize("override, key", [
+    ("seed=-1", "seed"), ("seed=4294967296", "seed"), ("synth.seed=-3", "synth.seed"),
+    ("synth.val_fraction=nan", "synth.val_fraction"), ("data.coverage_voxel=-0.1", "data.coverage_voxel"),
+    ("data.coverage_voxel=inf", "data.coverage_voxel"), ("correspondence.voxel=0", "correspondence.voxel"),
+    ("correspondence.voxel=nan", "correspondence.voxel"), ("teacher.channels=0", "teacher.channels"),
+    ("teacher.batch_frames=-2", "teacher.batch_frames"), ("teacher.grid=[0,4]", "teacher.grid"),
+    ("model.tiny_seed=-1", "model.tiny_seed"), ("model.lora_rank=-1", "model.lora_rank"),
+    ("model.lora_alpha=0", "model.lora_alpha"), ("model.lora_dropout=1.0", "model.lora_dropout"),
+    ("model.lora_dropout=-0.1", "model.lora_dropout"), ("model.image_size=[0,5]", "model.image_size"),
+    ("align.weight=-1", "align.weight"), ("align.weight=inf", "align.weight"),
+    ("align.infonce_temperature=0", "align.infonce_temperature"),
+    ("align.grounding_temperature=-0.07", "align.grounding_temperature"), ("align.layers=[]", "align.layers"),
+    ("train.lr_llm=-1e-5", "train.lr_llm"), ("train.lr_vision=-1", "train.lr_vision"),
+    ("train.lr_projector=nan", "train.lr_projector"), ("train.lr_heads=inf", "train.lr_heads"),
+    ("train.weight_decay=-0.1", "train.weight_decay"), ("train.max_grad_norm=-1", "train.max_grad_norm"),
+    ("train.num_workers=-1", "train.num_workers"), ("train.warmup_ratio=1.5", "train.warmup_ratio"),
+    ("train.steps=0", "train.steps"), ("train.batch_size=0", "train.batch_size"), ("train.grad_accum=0", "train.grad_accum"),
+    ("train.save_every=0", "train.save_every"), ("eval.limit=0", "eval.limit"),
+    ("eval.batch_size=0", "eval.batch_size"), ("eval.max_new_tokens=-3", "eval.max_new_tokens"), ("synth.width=8", "synth.width"),
+    ("eval.probe_layers=[]", "eval.probe_layers"), ("probe.layers=[]", "probe.layers"),
+    ("output_dir=' '", "output_dir"),
+])
+def test_every_number_is_checked_for_sign_range_and_finiteness(override, key):
+    with pytest.raises(ConfigError, match=rf"^{key}[:\[]"):
+        load_config(None, [override])
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from threedrs.config import ConfigError, load_config
 from threedrs.data.instances import SceneDataError
 from threedrs.data.scene import Scene
 from threedrs.extract import extract, main_extract
+from threedrs.locking import FileLock
 from threedrs.probe import main_probe, probe_teacher
 from threedrs.teachers.base import build_teacher
 from threedrs.teachers.cache import CacheError, CacheMismatchError, FeatureCache
@@ -209,3 +211,78 @@ def test_extract_on_gpu_with_autocast_matches_cpu(dataset, monkeypatch):
         extract(cfg)
         cpu = FeatureCache(cfg.teacher.cache_dir).load("scene0000_00").tokens.float()
         torch.testing.assert_close(gpu[name], cpu, rtol=0.02, atol=0.02)
+
+
+def test_a_changed_frame_makes_its_scene_stale_and_verify_sees_content(dataset, calls):
+    cfg = config(dataset)
+    extract(cfg)
+    png = dataset / "scannet" / "posed_images" / "scene0001_00" / "00010.png"
+    png.write_bytes(png.read_bytes())  # same bytes, new modification time
+    calls.count = 0
+    summary = extract(cfg)
+    assert summary.stale == ["scene0001_00"] and summary.written == ["scene0001_00"] and calls.count == 1
+    # with --verify the fingerprint is the content: a new modification time alone is not a change
+    extract(cfg, overwrite=True, verify=True)
+    stat = png.stat()
+    os.utime(png, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    calls.count = 0
+    assert extract(cfg, verify=True).written == [] and calls.count == 0
+    pose = png.with_suffix(".txt")
+    before = pose.stat()
+    text = pose.read_text()
+    pose.write_text(text.replace("0.000000", "0.000001", 1))  # content changed; size and time put back below
+    os.utime(pose, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert pose.stat().st_size == before.st_size
+    assert extract(cfg).written == [] and extract(cfg, verify=True).stale == ["scene0001_00"]
+
+
+def test_overwrite_starts_the_cache_afresh(dataset):
+    extract(config(dataset))
+    with pytest.raises(CacheMismatchError, match="--overwrite"):
+        extract(config(dataset, "teacher.channels=32"))
+    summary = extract(config(dataset, "teacher.channels=32"), overwrite=True)
+    assert summary.written == TRAIN + VAL and FeatureCache(dataset.parent / "cache").spec.channels == 32
+
+
+def test_a_live_writers_temporary_file_is_left_alone_and_its_scene_skipped(dataset, capsys):
+    cfg = config(dataset)
+    cache = dataset.parent / "cache"
+    live = cache / "scene0001_00.safetensors.tmp-4242"
+    live.parent.mkdir(parents=True)
+    live.write_bytes(b"being written")
+    with FileLock(cache / ".locks" / "scene0001_00.lock", "another extraction"):
+        summary = extract(cfg)
+        assert summary.busy == ["scene0001_00"] and summary.written == ["scene0000_00", "scene0002_00"]
+        assert live.read_bytes() == b"being written" and "left to another process" in summary.describe()
+    summary = extract(cfg)  # the writer is gone: its scene is extracted and its temporary file removed
+    assert summary.written == ["scene0001_00"] and not live.exists()
+
+
+@pytest.mark.slow
+def test_two_extractions_at_once_share_the_cache(dataset):
+    import subprocess
+    import sys
+
+    code = ("import sys; from threedrs.config import load_config; from threedrs.extract import extract; "
+            "s = extract(load_config(None, sys.argv[1:])); print(len(s.written), len(s.skipped), len(s.busy))")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-c", code, *overrides(dataset)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    counts = [tuple(map(int, out.split()[-3:])) for out, _ in outs]
+    assert sum(c[0] for c in counts) == 3  # every scene extracted exactly once between them
+    assert FeatureCache(dataset.parent / "cache").scene_ids() == TRAIN + VAL
+    assert not list((dataset.parent / "cache").glob("*.tmp-*"))
+
+
+def test_a_damaged_frame_lists_file_is_named(dataset):
+    cfg = config(dataset)
+    extract(cfg)
+    lists = dataset.parent / "cache" / "frame_lists.json"
+    lists.write_text('{"rule": "uniform", "frames": 3')
+    with pytest.raises(SceneDataError, match=r"frame_lists.json: not valid JSON .* delete it"):
+        extract(cfg)
+    lists.write_text(json.dumps({"rule": "uniform", "frames": 3, "voxel": 0.1, "scenes": {"scene0000_00": 5}}))
+    with pytest.raises(SceneDataError, match=r"frame_lists.json: scene 'scene0000_00' must map to a non-empty list"):
+        extract(cfg)

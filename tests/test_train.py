@@ -158,29 +158,46 @@ def test_alignment_loss_decreases_when_training_on_a_fixed_batch(cached):
     assert float(task(batch)["align_loss"]) < 0.5 * first
 
 
-@pytest.mark.slow
-def test_two_process_ddp_matches_one_process_with_the_same_global_batch(cached, tmp_path):
+def _torchrun(script, procs, *args):
     import os
     import socket
     import subprocess
     import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", f"--master_port={port}",
+           "--master_addr=127.0.0.1", str(script), *map(str, args)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(cached, tmp_path):
     from pathlib import Path
 
     root, work = cached
     script = Path(__file__).parent / "ddp_train.py"
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     runs = {}
     for name, procs, batch in (("one", 1, 2), ("two", 2, 1)):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", f"--master_port={port}",
-               "--master_addr=127.0.0.1",
-               str(script), str(root), str(tmp_path / name), str(batch), str(work / "cache")]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        done = _torchrun(script, procs, root, tmp_path / name, batch, work / "cache")
         assert done.returncode == 0, done.stderr[-3000:]
         runs[name] = losses_of(tmp_path / name / "train_log.jsonl")
     assert [r["step"] for r in runs["two"]] == [1, 2, 3]
     for one, two in zip(runs["one"], runs["two"]):
         for key in ("loss", "align_loss"):
             assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-5), (one["step"], key)
+    # a 2-process run stopped after its step-2 checkpoint, resumed with 2 processes: the same 3 steps
+    stopped = tmp_path / "stopped"
+    done = _torchrun(script, 2, root, stopped, 1, work / "cache", "stop")
+    assert done.returncode != 0 and [r["step"] for r in losses_of(stopped / "train_log.jsonl")] == [1, 2]
+    assert sorted(p.name for p in (stopped / "checkpoints" / "step_000002").glob("rng_*")) == \
+        ["rng_0.safetensors", "rng_1.safetensors"]
+    done = _torchrun(script, 2, root, stopped, 1, work / "cache", "resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = losses_of(stopped / "train_log.jsonl")
+    assert [r["step"] for r in resumed] == [1, 2, 3]
+    for two, again in zip(runs["two"], resumed):
+        for key in ("loss", "align_loss"):
+            assert again[key] == pytest.approx(two[key], rel=1e-5, abs=1e-6), (two["step"], key)

@@ -47,7 +47,8 @@ class SynthConfig:
         _check(self.scenes >= 2, "synth.scenes", "needs at least 2 rooms (one train, one val)")
         _check(0 <= self.seed < 2**32, "synth.seed", "must lie in [0, 2**32)")
         _check(self.frames >= 1, "synth.frames", "must be at least 1")
-        _check(self.width >= 16 and self.height >= 16, "synth.width/height", "images must be at least 16x16")
+        _check(self.width >= 16, "synth.width", "images must be at least 16x16")
+        _check(self.height >= 16, "synth.height", "images must be at least 16x16")
         _check(_finite(self.val_fraction) and 0.0 < self.val_fraction < 1.0, "synth.val_fraction", "must lie in (0, 1)")
         _check(0 <= self.invalid_pose_frames < self.frames, "synth.invalid_pose_frames",
                "must be >= 0 and smaller than synth.frames")
@@ -179,8 +180,8 @@ class TrainConfig:
     def validate(self) -> None:
         unknown = [t for t in self.tasks if t not in TASK_NAMES]
         _check(not unknown and len(self.tasks) >= 1, "train.tasks", f"choose from {', '.join(TASK_NAMES)}")
-        _check(self.steps >= 1 and self.batch_size >= 1 and self.grad_accum >= 1, "train.steps/batch_size/grad_accum",
-               "must be >= 1")
+        for key in ("steps", "batch_size", "grad_accum", "log_every", "save_every"):
+            _check(getattr(self, key) >= 1, f"train.{key}", "must be >= 1")
         bad = [p for p in self.freeze if p not in ("vision", "projector", "llm")]
         _check(not bad, "train.freeze", f"unknown parts {bad}; choose from vision, projector, llm")
         _check(_finite(self.warmup_ratio) and 0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must lie in [0, 1)")
@@ -191,7 +192,6 @@ class TrainConfig:
         _check(_finite(self.max_grad_norm) and self.max_grad_norm >= 0, "train.max_grad_norm",
                "must be a number >= 0 (0 = no clipping)")
         _check(self.num_workers >= 0, "train.num_workers", "must be >= 0 (0 = load in the main process)")
-        _check(self.log_every >= 1 and self.save_every >= 1, "train.log_every/save_every", "must be >= 1")
 
 
 @dataclass
@@ -212,7 +212,8 @@ class EvalConfig:
     def validate(self) -> None:
         unknown = [b for b in self.benchmarks if b not in TASK_NAMES]
         _check(not unknown and len(self.benchmarks) >= 1, "eval.benchmarks", f"choose from {', '.join(TASK_NAMES)}")
-        _check(self.batch_size >= 1 and self.max_new_tokens >= 1, "eval.batch_size/max_new_tokens", "must be >= 1")
+        _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
+        _check(self.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
         _check(self.limit is None or self.limit >= 1, "eval.limit", "must be >= 1 (or null for all)")
         _check(len(self.probe_layers) >= 1, "eval.probe_layers", "name at least one layer")
 
