@@ -5,7 +5,8 @@ or inside the feature cache's manifest and scene files. Its sections, as each co
 
 - ``code``: ``{"threedrs": package version, "source_sha256": digest of the package's .py files}``; only the
   version is compared (a local edit is recorded, not refused);
-- ``config``: the config values that change the outputs (`config_fields`), dotted keys;
+- ``config``: the config values that change the outputs (`config_fields`), dotted keys; ``data.root`` is kept
+  but not compared (the files under it are fingerprinted, so a dataset moved with its times is the same data);
 - ``checkpoint``: ``{"path", "sha256"}`` of the weights evaluated (eval);
 - ``benchmarks``: per benchmark ``{"split", "limit", "ids", "files"}`` (eval);
 - ``teacher``: ``{"weights_checksum", "channels"}`` of the feature cache (train);
@@ -51,7 +52,8 @@ __all__ = [
 ]
 
 RECORD = "provenance.json"
-NOT_COMPARED = ("code.source_sha256", "checkpoint.path")  # recorded for people, never a reason to refuse
+# recorded for people, never a reason to refuse: the content behind these paths is fingerprinted instead
+NOT_COMPARED = ("code.source_sha256", "checkpoint.path", "config.data.root")
 _short = reprlib.Repr()
 _short.maxstring, _short.maxlist, _short.maxdict, _short.maxother = 48, 4, 4, 48
 
@@ -141,8 +143,8 @@ def differences(stored: dict, current: dict, prefix: str = "", any_none: bool = 
     """One "key: recorded X, this run has Y" line per differing leaf of two nested mappings.
 
     A key present on one side only differs; with ``any_none``, a None in ``current`` matches anything. Keys that
-    are recorded for people but never compared (`NOT_COMPARED`: the source digest, the checkpoint's path) are
-    skipped.
+    are recorded for people but never compared (`NOT_COMPARED`: the source digest, the checkpoint's path, the
+    dataset root) are skipped.
     """
     out = []
     a, b = _flatten(stored, prefix), _flatten(current, prefix)

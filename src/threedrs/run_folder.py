@@ -17,7 +17,8 @@ Rules, applied by the main process before any model is built (`open_run`) and on
   the fields (or started afresh with ``--overwrite``); the newest usable checkpoint is chosen (damaged newer ones
   are renamed ``*.damaged`` with a warning) and train_log.jsonl is cut back to its step;
 - the feature cache must match the configured teacher (weights checksum, channels) and the frames it was
-  computed from must be unchanged.
+  computed from must be unchanged; the record keeps the sha256 of the annotation files, a digest of each
+  scene's files (frames, intrinsics, alignment, instances: size and modification time) and of the cache.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from pathlib import Path
 from threedrs.checkpoint import resume_point, set_aside, step_folders
 from threedrs.config import ExperimentConfig, dump_yaml
 from threedrs.provenance import (RECORD, ProvenanceError, code_version, config_fields, differences, digest,
-                                 file_sha256, names, read_record, refuse_if_different, write_record)
+                                 file_sha256, fingerprint_files, names, read_record, refuse_if_different,
+                                 write_record)
 
 __all__ = ["RunFolderError", "check_run_data", "cut_log", "open_run"]
 
@@ -121,20 +123,25 @@ def open_run(out: Path, cfg: ExperimentConfig, resume: bool, overwrite: bool,
     return step
 
 
-def check_run_data(out: Path, cfg: ExperimentConfig, cache, scene_ids: list[str]) -> None:
+def check_run_data(out: Path, cfg: ExperimentConfig, cache, frame_lists: Callable[[str], list[str]],
+                   scene_ids: list[str]) -> None:
     """Compare the feature cache with the configured teacher and the current frames, then compare (or write) the
-    run's full record. ``cache``: the run's FeatureCache or None; ``scene_ids``: the scenes trained on.
+    run's full record. ``cache``: the run's FeatureCache or None; ``frame_lists``: the run's frame lists;
+    ``scene_ids``: the scenes trained on.
 
     Main process only, after the data is read and before the first step.
     """
+    from threedrs.data.scene import Scene
     from threedrs.data.tasks import benchmark_paths
     from threedrs.teachers.base import expected_identity
     from threedrs.teachers.cache import CacheMismatchError
 
     root = Path(cfg.data.root)
     record = _record(cfg)
+    scenes = {s: digest(fingerprint_files(Scene(root, s).source_files(frame_lists(s), objects=True), root))
+              for s in scene_ids}
     record["data"] = {"annotations": {p.relative_to(root).as_posix(): file_sha256(p) for task in cfg.train.tasks
-                                      for p in benchmark_paths(root, task, "train")}}
+                                      for p in benchmark_paths(root, task, "train")}, "scenes": scenes}
     if cache is not None:
         checksum, channels = expected_identity(cfg.teacher.name, cfg.teacher.checkpoint, cfg.teacher.channels)
         have = {"weights_checksum": cache.spec.weights_checksum, "channels": cache.spec.channels}

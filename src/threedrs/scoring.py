@@ -10,7 +10,8 @@ and optionally ``"correspondence"`` ({layer: 3D-awareness score or null}) and ``
 - scanqa: ``"prediction"`` (str), ``"answers"`` (non-empty list of str);
 - sqa3d: ``"prediction"``, ``"answer"``, ``"question"`` (str).
 Other keys are ignored. Scores are percentages (x100); the metric definitions live in ``threedrs.metrics``.
-Scoring only reads the predictions files; it writes ``RUN/metrics.json`` and ``RUN/metrics.md``.
+Scoring only reads the predictions files (and ``RUN/provenance.json``, whose sample ids every file must match
+exactly); it writes ``RUN/metrics.json`` and ``RUN/metrics.md``.
 """
 
 from __future__ import annotations
@@ -407,6 +408,9 @@ def score_run(run_dir: str | Path, benchmarks: Sequence[str] | str | None = None
 def main_score(args: argparse.Namespace) -> None:
     """`threedrs score RUN_DIR [--benchmarks a,b] [--no-meteor]` (fields: run_dir, benchmarks, no_meteor)."""
     run = Path(args.run_dir)
+    if run.is_dir() and recorded_ids(run) is None:
+        print(f"note: {run} has no provenance.json (not written by `threedrs eval`): sample ids are not checked "
+              "against the benchmark")
     metrics = score_run(run, args.benchmarks, meteor=not args.no_meteor)
     print(results_table({run.resolve().name: metrics}))
     print(f"Wrote {run / 'metrics.json'} and {run / 'metrics.md'}")

@@ -206,7 +206,8 @@ def _train(cfg: ExperimentConfig, resume: bool, progress: bool, overwrite: bool,
     adapter = build_adapter(cfg.model)
     data = build_training_data(cfg, adapter)
     scenes = sorted({s.scene_id for s in data.dataset.samples})
-    main_decides(accelerator, lambda: check_run_data(out, cfg, data.dataset.cache, scenes) or 0)
+    main_decides(accelerator, lambda: check_run_data(out, cfg, data.dataset.cache, data.dataset.frame_lists,
+                                                     scenes) or 0)
     task = AlignTask(adapter, data.teacher_channels, loss=cfg.align.loss, weight=cfg.align.weight,
                      layers=tuple(cfg.align.layers), posenc=cfg.align.posenc,
                      infonce_temperature=cfg.align.infonce_temperature,

@@ -262,14 +262,17 @@ def _layer_score(record: Mapping, layer: str) -> float:
 
 
 def _run_metrics(run: Path, meteor: bool) -> dict:
-    """metrics.json when it is newer than every predictions file and covers them all (with METEOR if wanted),
-    else a fresh :func:`threedrs.scoring.score_run`."""
+    """metrics.json when it is newer than every predictions file, readable and covers them all (with METEOR if
+    wanted), else a fresh :func:`threedrs.scoring.score_run`."""
     from threedrs.scoring import BENCHMARKS, load_metrics, predictions_path, score_run  # scoring imports us
 
     files = [predictions_path(run, b) for b in BENCHMARKS if predictions_path(run, b).is_file()]
     cached = run / "metrics.json"
     if files and cached.is_file() and cached.stat().st_mtime >= max(f.stat().st_mtime for f in files):
-        metrics = load_metrics(cached)
+        try:
+            metrics = load_metrics(cached)
+        except ValueError:  # a damaged metrics.json is only a cache of the scores: score again
+            return score_run(run, meteor=meteor)
         wants_meteor = meteor and any(f.stem in ("scan2cap", "scanqa") for f in files)
         if set(metrics["benchmarks"]) == {f.stem for f in files} and (metrics.get("meteor") or not wants_meteor):
             return metrics

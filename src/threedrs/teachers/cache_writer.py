@@ -67,6 +67,8 @@ class CacheWriter:
         self._claims: dict[str, FileLock] = {}
         if spec.weights_checksum is None or spec.channels is None:
             raise ValueError("spec: a writer needs the teacher's weights_checksum and channels")
+        if self.directory.exists() and not self.directory.is_dir():
+            raise CacheError(f"teacher.cache_dir {self.directory}: not a folder")
         self.directory.mkdir(parents=True, exist_ok=True)
         manifest_path = self.directory / MANIFEST
         with FileLock(self.directory / ".lock", f"the feature cache {self.directory}").acquire(_LOCK_WAIT):
