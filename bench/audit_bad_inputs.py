@@ -6,7 +6,7 @@ Run from the repository root (about 5 minutes on 2 cores):
 
 Once, it builds a tiny world: SynthRooms (6 rooms x 6 frames, 64x48), the geometry teacher's feature cache, a
 4-step training run of the tiny Qwen2-VL with checkpoints at steps 2 and 4, and an evaluation folder (ScanRefer
-and ScanQA, 4 samples each). Every case (listed in ``bench/audit_cases.py``) gets a fresh copy of that world
+and ScanQA, 4 samples each). Every case (``bench/audit_cases_*.py``) gets a fresh copy of that world
 (times preserved), breaks one thing in it, runs one ``threedrs`` command in this process through
 ``threedrs.cli.main`` (a few cases start a second process or kill one), and is classified:
 
@@ -38,7 +38,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from audit_cases import CASES, Env, base_overrides  # noqa: E402
+import audit_cases_training  # noqa: E402,F401  (registers its cases: config, checkpoints, resuming)
+import audit_cases_files  # noqa: E402,F401  (registers its cases: evaluation folders, feature cache, data)
+from audit_world import CASES, Env, base_overrides  # noqa: E402
 
 OUTCOMES = ("clear error", "recovered", "unclear error", "silent result", "traceback")
 

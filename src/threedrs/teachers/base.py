@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 import torch
