@@ -1,4 +1,5 @@
-"""Training state as safetensors and JSON: optimizer, learning-rate scheduler, random generators, loss scaler.
+"""Training state as safetensors and JSON: the optimizer and the random generators (the scheduler and the loss
+scaler are plain JSON of their state_dict, written by `threedrs.checkpoint`).
 
 Nothing here pickles: tensors go to safetensors files, everything else to JSON, and reading back builds plain
 dicts that the live objects' ``load_state_dict`` consumes. The formats:
@@ -7,11 +8,8 @@ dicts that the live objects' ``load_state_dict`` consumes. The formats:
   ``"<param index>/<name>"`` (AdamW: ``step`` [] float32, ``exp_avg`` and ``exp_avg_sq`` shaped like the
   parameter); ``optimizer.json`` holds ``{"param_groups": [...], "values": {index: {name: number}}}`` (the
   non-tensor state values). Tuples (AdamW's betas) are restored as tuples where the live optimizer has them.
-- scheduler: ``scheduler.json`` = ``scheduler.state_dict()`` (LambdaLR: base_lrs, last_epoch, step counts; a
-  ``functools.partial`` lambda has no state).
 - random generators of one process: ``rng_<rank>.safetensors`` with the torch CPU state ("torch", uint8) and one
   CUDA state per device ("cuda_<i>"); Python's and NumPy's Mersenne-Twister states as JSON in its metadata.
-- loss scaler (fp16): ``scaler.json`` = ``GradScaler.state_dict()`` (scale, growth settings, tracker).
 """
 
 from __future__ import annotations

@@ -63,6 +63,9 @@ def eval_record(cfg: ExperimentConfig, checkpoint: dict, samples: dict[str, list
 
 
 def _clear(run: Path) -> None:
+    """Delete what an evaluation wrote; LockedError (naming the holder) while another process appends to a file."""
+    for lock in sorted((run / "predictions").glob("*.jsonl.lock")) if (run / "predictions").is_dir() else []:
+        FileLock(lock, f"the predictions file {lock.with_suffix('')}").acquire().release()
     shutil.rmtree(run / "predictions", ignore_errors=True)
     for name in ("metrics.json", "metrics.md", "provenance.json"):
         (run / name).unlink(missing_ok=True)

@@ -4,7 +4,9 @@ For each benchmark, `RUN/predictions/<benchmark>.jsonl` gets one line per sample
 it is produced; a re-run skips the ids already written (a line cut short by an interruption is dropped and
 redone), but only when the folder's provenance record says the same checkpoint, config and data wrote them
 (`threedrs.eval_folder`; otherwise refused, or started afresh with --overwrite). One process at a time appends
-to a predictions file (its lock names the holder). Eval prints which checkpoint it evaluates. Grounding (ScanRefer, Multi3DRefer) scores the detector proposals of `eval.proposals` with the grounding
+to a predictions file (its lock names the holder). Eval prints which checkpoint it evaluates.
+
+Grounding (ScanRefer, Multi3DRefer) scores the detector proposals of `eval.proposals` with the grounding
 head and applies V3D's prediction rules; Scan2Cap, ScanQA and SQA3D generate greedily (Scan2Cap's prompt box is
 the best proposal with IoU >= 0.5 to the object; without one the caption is empty). With `eval.probe` every
 line also records the sample's 3D-awareness score at `eval.probe_layers` (the correlation study). Scores are

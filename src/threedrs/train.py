@@ -198,8 +198,11 @@ def _train(cfg: ExperimentConfig, resume: bool, progress: bool, overwrite: bool,
     # cpu=True when there is no GPU: accelerate then runs a torchrun/accelerate launch as gloo DDP on CPU
     accelerator = Accelerator(mixed_precision=t.mixed_precision, kwargs_handlers=[ddp],
                               cpu=not torch.cuda.is_available())
-    # before any model is built: the lock, the folder's record against this run, the checkpoint to resume from
-    step = main_decides(accelerator, lambda: (lock.acquire(), open_run(out, cfg, resume, overwrite, _warn))[1])
+    def begin() -> int:  # before any model is built: the lock, the folder against this run, the step to start at
+        lock.acquire()
+        return open_run(out, cfg, resume, overwrite, _warn)
+
+    step = main_decides(accelerator, begin)
     checkpoint = out / "checkpoints" / f"step_{step:06d}" if step else None
     state = verify_checkpoint(checkpoint, hash_files=False) if checkpoint is not None else None
     set_seed(cfg.seed)
