@@ -120,6 +120,10 @@ class ModelConfig:
     lora_alpha: int = 16  # LoRA scaling numerator
     lora_dropout: float = 0.05  # LoRA dropout
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # modules
+    # parameter dtype; auto = float32 master weights for training, the checkpoint's own dtype for eval/probe on a GPU
+    # and float32 on the CPU (models/loading.py); training refuses bfloat16/float16 (no float32 master copy)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"  # attention kernel (from_pretrained)
 
     def validate(self) -> None:
         _check(self.lora_rank >= 0, "model.lora_rank", "must be >= 0 (0 = off)")

@@ -34,6 +34,7 @@ from threedrs.eval_folder import eval_record, open_eval
 from threedrs.locking import FileLock
 from threedrs.metrics.correspondence import correspondence_score
 from threedrs.models.base import token_embedding_offsets
+from threedrs.models.loading import Placement, compute_device, inference_placement
 
 GROUNDING = ("scanrefer", "multi3drefer")
 
@@ -72,16 +73,18 @@ def checkpoint_identity(cfg: ExperimentConfig, checkpoint: Path | None) -> dict:
     return {"path": str(checkpoint), "sha256": sha}
 
 
-def load_task(cfg: ExperimentConfig, checkpoint: Path | None) -> AlignTask:
-    """The AlignTask of `cfg` with the checkpoint's weights (heads included; head sizes read from the file)."""
+def load_task(cfg: ExperimentConfig, checkpoint: Path | None, placement: Placement | None = None) -> AlignTask:
+    """The AlignTask of `cfg` with the checkpoint's weights (heads included; head sizes read from the file), placed
+    as `placement` says (default: `inference_placement` on `compute_device()`, the checks run first)."""
     from threedrs.models.registry import build_adapter
     from threedrs.train import apply_lora
 
+    placement = placement or inference_placement(cfg.model, compute_device())
     state = read_model_weights(checkpoint) if checkpoint is not None else {}
     head_keys = [k for k in state if re.fullmatch(r"heads\.-?\d+\.net\.2\.weight", k)]
     teacher_dim = int(state[head_keys[0]].shape[0]) if head_keys else None
     loss = cfg.align.loss if (teacher_dim is not None or cfg.align.loss == "correspondence") else "none"
-    task = AlignTask(build_adapter(cfg.model), teacher_dim, loss=loss, weight=cfg.align.weight,
+    task = AlignTask(build_adapter(cfg.model, placement), teacher_dim, loss=loss, weight=cfg.align.weight,
                      layers=tuple(cfg.align.layers), posenc=cfg.align.posenc,
                      grounding_temperature=cfg.align.grounding_temperature)
     if cfg.model.lora_rank > 0:
@@ -224,6 +227,7 @@ def evaluate(cfg: ExperimentConfig, run_dir: str | Path | None = None, progress:
     run = Path(run_dir) if run_dir is not None else Path(cfg.output_dir) / "eval"
     root = Path(cfg.data.root)
     checkpoint = resolve_checkpoint(cfg)
+    placement = inference_placement(cfg.model, compute_device())  # dtype and device checks before any work
     identity = checkpoint_identity(cfg, checkpoint)
     proposals = read_box_table(root / e.proposals)
     frame_lists = frame_lists_for(cfg)
@@ -233,7 +237,7 @@ def evaluate(cfg: ExperimentConfig, run_dir: str | Path | None = None, progress:
         if missing and bench in GROUNDING + ("scan2cap",):
             raise SceneDataError(f"{root / e.proposals}: no proposals for scene(s) {', '.join(missing[:10])}")
     open_eval(run, eval_record(cfg, identity, by_bench, frame_lists), overwrite)
-    task = load_task(cfg, checkpoint)
+    task = load_task(cfg, checkpoint, placement)
     torch.manual_seed(cfg.seed)
     for bench, samples in by_bench.items():
         with PredictionsFile(run / "predictions" / f"{bench}.jsonl") as out:
@@ -252,12 +256,13 @@ def _evaluate_benchmark(task: AlignTask, cfg: ExperimentConfig, bench: str, samp
     gt = scene_object_boxes(root, scenes)
     cands = {s: Candidates(proposals[s], None) for s in scenes if s in proposals}
     dataset = SceneSampleDataset(pending, root, frame_lists, task.adapter.footprints, cands, gt)
+    device = task.adapter.model.get_input_embeddings().weight.device  # the batch goes where the model is
     bar = tqdm(total=len(samples), initial=len(samples) - len(pending), desc=f"eval {bench}", unit="sample",
                disable=not progress)
     with torch.no_grad():
         for start in range(0, len(pending), e.batch_size):
             chunk = list(range(start, min(start + e.batch_size, len(pending))))
-            batch = collate([dataset[k] for k in chunk])
+            batch = collate([dataset[k] for k in chunk]).to(device)
             if bench in GROUNDING:
                 records = _grounding_records(task, cfg, batch, gt)
             else:

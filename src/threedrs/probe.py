@@ -51,6 +51,7 @@ from threedrs.metrics.correspondence import (
     dataset_score,
 )
 from threedrs.models.base import MLLMAdapter
+from threedrs.models.loading import compute_device, inference_placement
 from threedrs.models.registry import build_adapter
 from threedrs.teachers.cache import CacheError, CacheSpec, FeatureCache, frame_lists_for
 
@@ -253,12 +254,14 @@ def _probed_adapter(cfg: ExperimentConfig) -> tuple[MLLMAdapter, str]:
     description."""
     m = cfg.model
     base = f"{m.family} from {m.path}" if m.path else f"{m.family} tiny random model (seed {m.tiny_seed})"
+    placement = inference_placement(m, compute_device())
+    base += f" ({placement.describe()})"
     if cfg.probe.checkpoint is None:
-        return build_adapter(m).eval(), base
+        return build_adapter(m, placement).eval(), base
     checkpoint = Path(cfg.probe.checkpoint)
     if not (checkpoint / "model.safetensors").is_file():
         raise FileNotFoundError(f"probe.checkpoint: {checkpoint} is not a training checkpoint (no model.safetensors)")
-    return load_task(cfg, checkpoint).adapter, f"{base}, weights of checkpoint {checkpoint}"
+    return load_task(cfg, checkpoint, placement).adapter, f"{base}, weights of checkpoint {checkpoint}"
 
 
 def _check_layers(adapter: MLLMAdapter, layers: list[int]) -> None:
@@ -286,7 +289,7 @@ def probe_model(cfg: ExperimentConfig, scenes: list[str] | None = None, progress
     scene_ids = extraction_scenes(root, scenes) if scenes is not None else split_scene_ids(root, cfg.data.split)
     adapter, description = _probed_adapter(cfg)
     _check_layers(adapter, p.layers)
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = compute_device()
     adapter.to(device)
     frame_lists = frame_lists_for(cfg)
     rows, results, grid = [], {k: [] for k in p.layers}, None

@@ -32,6 +32,7 @@ from threedrs.align.task import GROUNDING_TASKS, AlignTask
 from threedrs.checkpoint import load_checkpoint, newest_checkpoint, save_checkpoint, verify_checkpoint
 from threedrs.config import ExperimentConfig
 from threedrs.locking import FileLock
+from threedrs.models.loading import training_load_device, training_placement
 from threedrs.run_folder import check_run_data, open_run
 
 
@@ -169,6 +170,18 @@ def _mean_losses(accelerator, sums: dict[str, torch.Tensor], counts: dict[str, i
     return {k: s / max(n, 1.0) for k, s, n in zip(names, *totals.tolist())}
 
 
+_COMPUTE = {"no": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast"}
+
+
+def _load_device(accelerator) -> str:
+    """Where this process loads the checkpoint (models/loading.py `training_load_device`)."""
+    state = accelerator.state
+    fsdp, deepspeed = getattr(state, "fsdp_plugin", None), state.deepspeed_plugin
+    return training_load_device(accelerator.device, state.distributed_type.name, accelerator.local_process_index,
+                                ram_efficient=bool(fsdp is not None and fsdp.cpu_ram_efficient_loading),
+                                zero_stage=deepspeed.zero_stage if deepspeed is not None else None)
+
+
 def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> TrainResult:
     """Train `cfg` (model, data, teacher cache, align and train sections); returns the final state.
 
@@ -198,6 +211,11 @@ def _train(cfg: ExperimentConfig, resume: bool, progress: bool, overwrite: bool,
     # cpu=True when there is no GPU: accelerate then runs a torchrun/accelerate launch as gloo DDP on CPU
     accelerator = Accelerator(mixed_precision=t.mixed_precision, kwargs_handlers=[ddp],
                               cpu=not torch.cuda.is_available())
+    placement = training_placement(cfg.model, t.mixed_precision, accelerator.device, _load_device(accelerator))
+    accelerator.print(f"precision: float32 master weights (model.dtype={cfg.model.dtype}), compute in "
+                      f"{_COMPUTE[t.mixed_precision]} (train.mixed_precision={t.mixed_precision}); "
+                      f"{placement.describe()}")
+
     def begin() -> int:  # before any model is built: the lock, the folder against this run, the step to start at
         lock.acquire()
         return open_run(out, cfg, resume, overwrite, _warn)
@@ -206,7 +224,7 @@ def _train(cfg: ExperimentConfig, resume: bool, progress: bool, overwrite: bool,
     checkpoint = out / "checkpoints" / f"step_{step:06d}" if step else None
     state = verify_checkpoint(checkpoint, hash_files=False) if checkpoint is not None else None
     set_seed(cfg.seed)
-    adapter = build_adapter(cfg.model)
+    adapter = build_adapter(cfg.model, placement)
     data = build_training_data(cfg, adapter)
     scenes = sorted({s.scene_id for s in data.dataset.samples})
     main_decides(accelerator, lambda: check_run_data(out, cfg, data.dataset.cache, data.dataset.frame_lists,

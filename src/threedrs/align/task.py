@@ -109,12 +109,22 @@ class AlignTask(nn.Module):
                 raise ValueError(f"align.loss={loss} needs a teacher (teacher features and their channel count)")
             self.distill = distillation_loss(loss, infonce_temperature)
             self.heads = nn.ModuleDict({str(layer): AlignmentHead(dim, teacher_dim) for layer in self.layers})
+        # everything added follows the model (its dtype in evaluation, its device; meta on a rank that receives the
+        # weights from rank 0); the new <ground>/<coord> embedding rows already do (resize_token_embeddings)
+        weight = adapter.model.get_input_embeddings().weight
+        self.grounding.to(weight.device, weight.dtype)
+        self.heads.to(weight.device, weight.dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model's parameter dtype (the position encodings are produced in it)."""
+        return self.adapter.model.get_input_embeddings().weight.dtype
 
     def visual_offsets(self, batch: Batch) -> Tensor | None:
         """[B, S, h, w, D] 3D position encoding of the visual tokens, or None when disabled."""
         if not self.posenc:
             return None
-        return position_encoding(batch.token_points, batch.token_valid, self.adapter.hidden_size)
+        return position_encoding(batch.token_points, batch.token_valid, self.adapter.hidden_size, dtype=self.dtype)
 
     def coord_offsets(self, batch: Batch) -> Tensor | None:
         """[B, D] position encoding of each Scan2Cap box centre (zeros for samples without a box)."""
@@ -122,7 +132,7 @@ class AlignTask(nn.Module):
         if not has.any():
             return None
         centres = torch.where(has[:, None], batch.coord_boxes[:, :3], torch.zeros_like(batch.coord_boxes[:, :3]))
-        return position_encoding(centres, has, self.adapter.hidden_size)
+        return position_encoding(centres, has, self.adapter.hidden_size, dtype=self.dtype)
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         """Losses of a batch: "loss" = mean over samples of (task loss + weight * alignment loss), so every sample

@@ -31,6 +31,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from threedrs.models.base import (AdapterOutput, MLLMAdapter, VisualTokens, answer_cross_entropy, check_frames,
                                   drop_answer_loss)
+from threedrs.models.loading import Placement, load_pretrained
 from threedrs.models.prompt import (ChatTemplate, PromptBuilder, TokenBatch, VisualLayout, check_texts,
                                     read_chat_template)
 
@@ -121,12 +122,11 @@ class PlaceholderAdapter(MLLMAdapter):
         raise NotImplementedError
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None,
-                        attn_implementation: str | None = None, **options) -> PlaceholderAdapter:
+    def from_pretrained(cls, path: str | Path, placement: Placement | None = None, **options) -> PlaceholderAdapter:
         """Load model, tokenizer and image-processor config from a LOCAL checkpoint directory (no downloads).
 
         The tokenizer's visual tokens and the chat template are checked before the weights load.
-        dtype: parameter dtype (None: the checkpoint's own); attn_implementation: e.g. "sdpa" (None: HF default);
+        placement: dtype, device and attention kernel (models/loading.py; None = float32 on the CPU);
         options: family options passed to the constructor (LLaVA: `newline`).
         """
         path = checkpoint_config(path, cls.model_type)
@@ -134,10 +134,7 @@ class PlaceholderAdapter(MLLMAdapter):
         cls.check_tokenizer(tokenizer, AutoConfig.from_pretrained(path, local_files_only=True), f"{path}: tokenizer")
         template = read_chat_template(path, tokenizer, cls.family)
         PromptBuilder(tokenizer, template, cls.placeholder, cls.visual_item)  # checks the template
-        kwargs = {"dtype": dtype if dtype is not None else "auto", "local_files_only": True}
-        if attn_implementation is not None:
-            kwargs["attn_implementation"] = attn_implementation
-        model = cls.model_class.from_pretrained(path, **kwargs)
+        model = load_pretrained(cls.model_class, path, placement or Placement())
         processor = cls.processor_class.from_pretrained(path, local_files_only=True)
         return cls(model.eval(), tokenizer, processor, template=template, **options)
 

@@ -33,6 +33,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from .base import (IGNORE_INDEX, AdapterOutput, MLLMAdapter, VisualTokens, answer_cross_entropy, check_frames,
                    drop_answer_loss)
+from .loading import Placement, load_pretrained
 from .prompt import ChatTemplate, PromptBuilder, TokenBatch, VisualLayout, check_texts, read_chat_template
 from .qwen2_vl_pixels import PixelSpec, check_image_size, footprint_boxes, patchify, resize_frames
 from .tiny import offline_tokenizer
@@ -101,12 +102,13 @@ class Qwen2VLAdapter(MLLMAdapter):
 
     # ----------------------------------------------------------------------------------------------- building
     @classmethod
-    def from_pretrained(cls, path: str | Path, family: str | None = None, dtype: torch.dtype | None = None,
+    def from_pretrained(cls, path: str | Path, family: str | None = None, placement: Placement | None = None,
                         image_size: Sequence[int] | str | None = None) -> Qwen2VLAdapter:
         """Load model, tokenizer and PIL image processor from a LOCAL checkpoint directory (no downloads).
 
         family: "qwen2_vl" or "qwen2_5_vl"; None accepts whichever the config's model_type says, otherwise the two
-        must agree. dtype: parameter dtype (None = the checkpoint's own). image_size: see the class docstring.
+        must agree. placement: dtype, device and attention kernel (models/loading.py; None = float32 on the CPU).
+        image_size: see the class docstring.
         The tokenizer's visual tokens and the chat template are checked before the weights load.
         """
         directory = Path(path)
@@ -128,8 +130,7 @@ class Qwen2VLAdapter(MLLMAdapter):
         cls.check_tokenizer(tokenizer, config, f"{directory}: tokenizer")
         template = read_chat_template(directory, tokenizer, model_type)
         PromptBuilder(tokenizer, template, cls.placeholder, "image")  # checks the template
-        model = MODEL_CLASSES[model_type].from_pretrained(directory, local_files_only=True,
-                                                          dtype=dtype if dtype is not None else "auto")
+        model = load_pretrained(MODEL_CLASSES[model_type], directory, placement or Placement())
         processor = Qwen2VLImageProcessorPil.from_pretrained(directory, local_files_only=True)
         return cls(model, tokenizer, processor, image_size=image_size, template=template)
 

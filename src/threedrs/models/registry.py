@@ -7,6 +7,7 @@ from pathlib import Path
 
 from threedrs.config import ModelConfig
 from threedrs.models.base import MLLMAdapter
+from threedrs.models.loading import Placement, place_built
 
 
 def check_checkpoint_family(cfg: ModelConfig) -> None:
@@ -22,15 +23,30 @@ def check_checkpoint_family(cfg: ModelConfig) -> None:
         raise ValueError(f"{config}: model_type is {found!r}, but model.family is {cfg.family!r}")
 
 
-def build_adapter(cfg: ModelConfig) -> MLLMAdapter:
-    """The adapter of `cfg.family`, loaded from `cfg.path` (local folder) or built tiny and random (path None)."""
+def build_adapter(cfg: ModelConfig, placement: Placement | None = None) -> MLLMAdapter:
+    """The adapter of `cfg.family`, loaded from `cfg.path` (local folder) or built tiny and random (path None).
+
+    placement: dtype, device and attention kernel of the weights (models/loading.py: `training_placement`,
+    `inference_placement`); None = float32 on the CPU with `cfg.attn_implementation`.
+    """
+    placement = placement or Placement(attn_implementation=cfg.attn_implementation)
     if cfg.path:
         check_checkpoint_family(cfg)
+    adapter = _build(cfg, placement)
+    if cfg.path is None:
+        place_built(adapter.model, placement)
+    if placement.device != "meta":
+        adapter.to(placement.device)  # the adapter's own buffers (pixel mean / std) follow the model
+    return adapter
+
+
+def _build(cfg: ModelConfig, placement: Placement) -> MLLMAdapter:
     if cfg.family in ("qwen2_vl", "qwen2_5_vl"):
         from threedrs.models.qwen2_vl import Qwen2VLAdapter
 
         if cfg.path:
-            return Qwen2VLAdapter.from_pretrained(cfg.path, family=cfg.family, image_size=cfg.image_size)
+            return Qwen2VLAdapter.from_pretrained(cfg.path, family=cfg.family, placement=placement,
+                                                  image_size=cfg.image_size)
         return Qwen2VLAdapter.tiny(cfg.family, seed=cfg.tiny_seed, image_size=cfg.image_size or (42, 56))
     newline = {} if cfg.newline == "auto" else {"newline": cfg.newline}
     if cfg.family == "llava_onevision":
@@ -42,7 +58,7 @@ def build_adapter(cfg: ModelConfig) -> MLLMAdapter:
     else:
         raise ValueError(f"model.family: unknown family {cfg.family!r}")
     if cfg.path:
-        return cls.from_pretrained(cfg.path, **newline)
+        return cls.from_pretrained(cfg.path, placement=placement, **newline)
     if cfg.image_size is not None:
         if cfg.image_size[0] != cfg.image_size[1]:
             raise ValueError(f"model.image_size: {cfg.family} takes square frames, got {cfg.image_size}")
