@@ -1,4 +1,5 @@
-"""Benchmark: training step time WITH the 3DRS alignment loss over step time WITHOUT it, same model, same batch.
+"""Benchmark: training step time WITH the 3DRS alignment loss over step time WITHOUT it, same model, same batch;
+or (--compare precision) float32 master weights with bf16 autocast over plain float32.
 
 One run builds ONE adapter and two `AlignTask`s around it: "align" (l2norm loss against the cached geometry-teacher
 features, one head on the last layer) and "baseline" (align.loss none). Both share one AdamW optimizer (the
@@ -17,6 +18,11 @@ cache and without it, over --load-batches batches, interleaved, medians.
 Breakdown: the alignment head (Linear D -> 2D, GELU, Linear 2D -> C) and the l2norm loss alone, forward + backward,
 on hidden states of the batch's shape [B, S, h, w, D]: the part of the alignment cost that is not in the model.
 
+--compare precision: ONE task (with alignment), float32 parameters, timed interleaved with and without
+`torch.autocast(device, bfloat16)` around the forward (what `threedrs train` does with train.mixed_precision=bf16:
+float32 master weights, bfloat16 compute); the optimizer step is float32 in both. Data loading and the head
+breakdown are not repeated.
+
 Settings (a fresh SynthRooms set and geometry-teacher cache are written to a temporary folder):
 - default (CPU): tiny random Qwen2-VL (hidden 64, 2 layers), 16 frames of 224x224, model.image_size 112x112
   (8x8 tokens per frame), teacher channels 256, batch 2, fp32, ONE torch thread (--threads; with 2 threads on a
@@ -28,6 +34,7 @@ Settings (a fresh SynthRooms set and geometry-teacher cache are written to a tem
 Run:
   .venv/bin/python bench/train_step.py
   .venv/bin/python bench/train_step.py --device cuda --family qwen2_vl --size 2b --frames 32
+  .venv/bin/python bench/train_step.py --compare precision
   (--device cuda without a CUDA device prints "skipped: no CUDA device" and exits 0)
 """
 
@@ -64,6 +71,9 @@ SIZES = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--compare", choices=["alignment", "precision"], default="alignment",
+                   help="alignment: with vs without the alignment loss; precision: float32 master weights + bf16 "
+                        "autocast vs plain float32")
     p.add_argument("--family", choices=["qwen2_vl"], default="qwen2_vl", help="model family (Qwen2-VL)")
     p.add_argument("--size", choices=sorted(SIZES), default="tiny", help="tiny random model or Qwen2-VL-2B size")
     p.add_argument("--frames", type=int, default=16, help="frames per sample (default 16)")
@@ -155,8 +165,9 @@ def build(args: argparse.Namespace, work: Path, device: torch.device) -> Setup:
     torch.manual_seed(0)
     align = AlignTask(adapter, cached.teacher_channels, loss="l2norm")
     baseline = AlignTask(adapter, None, loss="none")
+    dtype = torch.float32 if args.compare == "precision" else size["dtype"]  # master weights are float32
     for task in (align, baseline):
-        task.to(device=device, dtype=size["dtype"]).train()
+        task.to(device=device, dtype=dtype).train()
     checkpointing = args.gradient_checkpointing if args.gradient_checkpointing is not None else args.size == "2b"
     if checkpointing:
         adapter.model.activation_checkpointing_enable()
@@ -184,18 +195,27 @@ def synchronizer(device: torch.device) -> Callable[[], None]:
 
 
 def time_steps(s: Setup, args: argparse.Namespace, device: torch.device) -> dict[str, dict[str, float]]:
-    """Interleaved step times (seconds) and, on CUDA, peak memory (GiB) of both variants; medians."""
+    """Interleaved step times (seconds) and, on CUDA, peak memory (GiB) of both variants; medians.
+
+    Variants: "align" / "baseline" (--compare alignment) or "bf16" / "fp32" (--compare precision), each a task and
+    the autocast dtype of its forward (None = none)."""
     sync = synchronizer(device)
-    variants = {"align": s.align, "baseline": s.baseline}
+    if args.compare == "precision":
+        variants = {"bf16": (s.align, torch.bfloat16), "fp32": (s.align, None)}
+    else:
+        variants = {"align": (s.align, None), "baseline": (s.baseline, None)}
+    first, second = variants
     times: dict[str, list[float]] = {name: [] for name in variants}
     peaks: dict[str, float] = {name: 0.0 for name in variants}
     for i in range(args.warmup + args.steps):
-        for name in (("align", "baseline") if i % 2 == 0 else ("baseline", "align")):
+        for name in ((first, second) if i % 2 == 0 else (second, first)):
+            task, autocast = variants[name]
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             sync()
             start = time.perf_counter()
-            losses = variants[name](s.batch)
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                losses = task(s.batch)
             losses["loss"].backward()
             s.optimizer.step()
             s.optimizer.zero_grad(set_to_none=True)
@@ -260,12 +280,14 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    precision = args.compare == "precision"
     with tempfile.TemporaryDirectory() as tmp:
         s = build(args, Path(tmp), device)
         steps = time_steps(s, args, device)
-        loading = time_loading(s, sample_batches(s.cached, args.batch or SIZES[args.size]["batch"],
-                                                 args.load_batches))
-        parts = time_head_and_loss(s, args, device)
+        if not precision:
+            loading = time_loading(s, sample_batches(s.cached, args.batch or SIZES[args.size]["batch"],
+                                                     args.load_batches))
+            parts = time_head_and_loss(s, args, device)
     b = s.batch
     h, w = b.token_valid.shape[-2:]
     print(f"\n{args.family} {args.size}, device {args.device}, batch {b.frames.shape[0]} x {b.frames.shape[1]} "
@@ -275,14 +297,20 @@ def main(argv: list[str] | None = None) -> int:
     cuda = device.type == "cuda"
     print("| variant | step time (s) | fastest step (s) | tokens/s |" + (" peak memory (GiB) |" if cuda else ""))
     print("|---|---|---|---|" + ("---|" if cuda else ""))
-    labels = {"align": "with alignment (l2norm, cached teacher)", "baseline": "without (align.loss none)"}
+    if precision:
+        labels = {"bf16": "float32 master weights + bf16 autocast", "fp32": "plain float32"}
+    else:
+        labels = {"align": "with alignment (l2norm, cached teacher)", "baseline": "without (align.loss none)"}
     for name, label in labels.items():
         r = steps[name]
         print(f"| {label} | {r['median']:.4f} | {r['fastest']:.4f} | {s.tokens / r['median']:.0f} |"
               + (f" {r['peak_gib']:.2f} |" if cuda else ""))
-    ratio = {k: steps["align"][k] / steps["baseline"][k] for k in ("median", "fastest")}
-    print(f"| **ratio with / without** | **{ratio['median']:.3f}** | {ratio['fastest']:.3f} | |"
-          + (" |" if cuda else ""))
+    first, second = labels
+    ratio = {k: steps[first][k] / steps[second][k] for k in ("median", "fastest")}
+    print(f"| **ratio {'bf16 / fp32' if precision else 'with / without'}** | **{ratio['median']:.3f}** | "
+          f"{ratio['fastest']:.3f} | |" + (" |" if cuda else ""))
+    if precision:
+        return 0
     print("\n| data loading per batch (excluded from the step times) | time (s) |\n|---|---|")
     for name, value in loading.items():
         print(f"| {name} | {value:.4f} |")

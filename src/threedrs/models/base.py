@@ -92,8 +92,11 @@ class MLLMAdapter(nn.Module):
         if new:
             self.tokenizer.add_tokens(new, special_tokens=True)
             # real checkpoints pad their vocabulary (Qwen2-VL: 151936 rows for ~151665 tokens): never shrink it
-            if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
-                self.model.resize_token_embeddings(len(self.tokenizer), pad_to_multiple_of=64)
+            embed = self.model.get_input_embeddings()
+            if len(self.tokenizer) > embed.num_embeddings:
+                # on a meta-device model (a rank that receives its weights from rank 0) there is nothing to average
+                self.model.resize_token_embeddings(len(self.tokenizer), pad_to_multiple_of=64,
+                                                   mean_resizing=not embed.weight.is_meta)
         return [self.tokenizer.convert_tokens_to_ids(t) for t in tokens]
 
 
