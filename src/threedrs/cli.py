@@ -77,6 +77,12 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     print(f"predictions and metrics in {result.run_dir}")
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from threedrs.export import main_export
+
+    main_export(args)
+
+
 def _cmd_score(args: argparse.Namespace) -> None:
     from threedrs.scoring import main_score
 
@@ -168,6 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="delete predictions of another run (other checkpoint, config or data) in the folder first")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("export", help="export a training run to a folder plain transformers loads",
+                       description="Write the newest (or --step's) checkpoint of a training run as a Hugging Face "
+                                   "folder: the model with LoRA merged (loadable with the family class or "
+                                   "AutoModelForImageTextToText), the tokenizer with <ground> and <coord>, the image "
+                                   "processor, and threedrs's heads beside it (threedrs_heads.safetensors + .json). "
+                                   "`threedrs eval RUN/config.yaml model.path=OUT` evaluates it.")
+    p.add_argument("run", help="training run folder (its output_dir: config.yaml and checkpoints/)")
+    p.add_argument("out", help="new folder to write")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step to export (default: the newest)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weight dtype (default auto: the base checkpoint's own, float32 for tiny models; float32 "
+                        "keeps the float32 master weights exactly)")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("score", help="re-score an evaluation run's predictions files (no model needed)",
                        description="Read RUN_DIR/predictions/<benchmark>.jsonl (every benchmark present, or those "

@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from threedrs.align.saved_heads import HEAD_PREFIXES, META_FILE, check_export_settings, is_exported, read_heads
 from threedrs.align.task import AlignTask, Batch
 from threedrs.checkpoint import model_sha256, newest_checkpoint, read_model_weights
-from threedrs.config import ExperimentConfig
+from threedrs.config import ConfigError, ExperimentConfig
 from threedrs.data.dataset import (Candidates, SceneSampleDataset, collate, read_box_table,
                                    scene_object_boxes)
 from threedrs.data.instances import SceneDataError
@@ -35,6 +36,7 @@ from threedrs.locking import FileLock
 from threedrs.metrics.correspondence import correspondence_score
 from threedrs.models.base import token_embedding_offsets
 from threedrs.models.loading import Placement, compute_device, inference_placement
+from threedrs.provenance import file_sha256
 
 GROUNDING = ("scanrefer", "multi3drefer")
 
@@ -48,7 +50,13 @@ class EvalResult:
 
 
 def resolve_checkpoint(cfg: ExperimentConfig) -> Path | None:
-    """The checkpoint folder to evaluate: eval.checkpoint, else the newest under output_dir; None for "none"."""
+    """The checkpoint folder to evaluate: eval.checkpoint, else the newest under output_dir; None for "none" and for
+    a model.path written by `threedrs export` (its weights and heads are the trained model)."""
+    if is_exported(cfg.model.path):
+        if cfg.eval.checkpoint not in (None, "none"):
+            raise ConfigError(f"eval.checkpoint: model.path={cfg.model.path} is an exported run (weights and heads "
+                              "included); unset eval.checkpoint")
+        return None
     if cfg.eval.checkpoint == "none":
         return None
     if cfg.eval.checkpoint:
@@ -64,7 +72,14 @@ def resolve_checkpoint(cfg: ExperimentConfig) -> Path | None:
 
 
 def checkpoint_identity(cfg: ExperimentConfig, checkpoint: Path | None) -> dict:
-    """{"path", "sha256"} of the weights evaluated (checked against the checkpoint's state.json); printed."""
+    """{"path", "sha256"} of the weights evaluated (checked against the checkpoint's state.json); printed. An
+    exported model.path is identified by its threedrs_heads.json (source checkpoint, its sha256, step, dtype)."""
+    if is_exported(cfg.model.path):
+        meta = read_heads(cfg.model.path).meta
+        check_export_settings(meta, cfg)
+        print(f"evaluating the export {cfg.model.path} (step {meta['source']['step']} of {meta['source']['run']}, "
+              f"{meta['dtype']})")
+        return {"path": str(cfg.model.path), "sha256": file_sha256(Path(cfg.model.path) / META_FILE)}
     if checkpoint is None:
         print(f"evaluating the untrained model ({cfg.model.path or 'tiny random model'}; eval.checkpoint=none)")
         return {"path": None, "sha256": None}
@@ -75,26 +90,33 @@ def checkpoint_identity(cfg: ExperimentConfig, checkpoint: Path | None) -> dict:
 
 def load_task(cfg: ExperimentConfig, checkpoint: Path | None, placement: Placement | None = None) -> AlignTask:
     """The AlignTask of `cfg` with the checkpoint's weights (heads included; head sizes read from the file), placed
-    as `placement` says (default: `inference_placement` on `compute_device()`, the checks run first)."""
+    as `placement` says (default: `inference_placement` on `compute_device()`, the checks run first). A model.path
+    written by `threedrs export` brings its own heads (align/saved_heads.py; LoRA already merged)."""
     from threedrs.models.registry import build_adapter
     from threedrs.train import apply_lora
 
     placement = placement or inference_placement(cfg.model, compute_device())
-    state = read_model_weights(checkpoint) if checkpoint is not None else {}
+    saved = read_heads(cfg.model.path) if is_exported(cfg.model.path) else None
+    if saved is not None:
+        check_export_settings(saved.meta, cfg)
+        state, source = saved.state, Path(cfg.model.path)
+    else:
+        state = read_model_weights(checkpoint) if checkpoint is not None else {}
+        source = checkpoint
     head_keys = [k for k in state if re.fullmatch(r"heads\.-?\d+\.net\.2\.weight", k)]
     teacher_dim = int(state[head_keys[0]].shape[0]) if head_keys else None
     loss = cfg.align.loss if (teacher_dim is not None or cfg.align.loss == "correspondence") else "none"
     task = AlignTask(build_adapter(cfg.model, placement), teacher_dim, loss=loss, weight=cfg.align.weight,
                      layers=tuple(cfg.align.layers), posenc=cfg.align.posenc,
                      grounding_temperature=cfg.align.grounding_temperature)
-    if cfg.model.lora_rank > 0:
+    if cfg.model.lora_rank > 0 and saved is None:
         apply_lora(task, cfg)
     if state:
         result = task.load_state_dict(state, strict=False)
         tied = {"adapter.model.lm_head.weight"}
-        missing = [k for k in result.missing_keys if k not in tied]
+        missing = [k for k in result.missing_keys if k not in tied and (saved is None or k.startswith(HEAD_PREFIXES))]
         if missing or result.unexpected_keys:
-            raise SceneDataError(f"{checkpoint}: weights do not fit the configured model (missing {missing[:5]}, "
+            raise SceneDataError(f"{source}: weights do not fit the configured model (missing {missing[:5]}, "
                                  f"unexpected {result.unexpected_keys[:5]}); is model.* the training config?")
     return task.eval()
 
