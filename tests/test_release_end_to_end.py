@@ -1,0 +1,117 @@
+"""End to end on folders shaped like each family's RELEASED checkpoint (release_checkpoints.py: released config,
+bfloat16 weights, float16 for the llava-hf OneVision conversion, real token ids and vocabularies, 2 layers, small
+widths): extract -> train 2 steps with the paper recipes' precision (train.mixed_precision=bf16: float32 master weights,
+bf16 autocast) -> evaluate all five benchmarks on 2 samples each -> probe the trained checkpoint -> export -> reload.
+
+Evaluation runs in the checkpoint's own dtype (what `model.dtype=auto` picks on a GPU), so the bf16/fp16 grounding
+path that used to fail is exercised on the CPU; the export in that dtype must give exactly the training
+checkpoint's predictions. Qwen2-VL trains with LoRA and gradient checkpointing instead and is compared in float32
+(a merged LoRA differs from the unmerged one by float rounding only).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from release_checkpoints import FAMILIES
+
+from threedrs.config import load_config
+from threedrs.evaluate import evaluate
+from threedrs.export import export_run
+from threedrs.extract import extract
+from threedrs.models.loading import checkpoint_dtype
+from threedrs.models.registry import build_adapter
+from threedrs.probe import probe_model
+from threedrs.train import train
+
+BENCHMARKS = ("scanrefer", "multi3drefer", "scan2cap", "scanqa", "sqa3d")
+LORA_FAMILY = "qwen2_vl"  # trained with LoRA and gradient checkpointing
+
+
+def make_config(root, work, family, folder, grid, *extra):
+    return load_config(None, [
+        f"data.root={root}", "data.frames=2", f"output_dir={work}/run", f"teacher.cache_dir={work}/cache",
+        f"teacher.grid=[{grid[0]},{grid[1]}]", "teacher.channels=16", "teacher.batch_frames=2",
+        f"model.family={family}", f"model.path={folder}", "train.steps=2", "train.batch_size=2", "train.save_every=2",
+        "train.log_every=1", "train.mixed_precision=bf16", "train.lr_llm=1e-4", "train.lr_heads=1e-3",
+        "eval.limit=2", "eval.batch_size=2", "eval.max_new_tokens=3", "eval.meteor=false", "eval.probe=true",
+        "probe.target=model", "probe.layers=[0,-1]", "correspondence.voxel=1.0", *extra])
+
+
+def predictions(run_dir, bench):
+    return [json.loads(line) for line in (run_dir / "predictions" / f"{bench}.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_release_checkpoint_extract_train_eval_probe_export_reload(family, release_checkpoint, synthrooms_tiny,
+                                                                   tmp_path, capsys):
+    from transformers import AutoModelForImageTextToText
+
+    folder = release_checkpoint(family)
+    released = checkpoint_dtype(folder)
+    assert released == (torch.float16 if family == "llava_onevision" else torch.bfloat16)
+    lora = family == LORA_FAMILY
+    grid = build_adapter(load_config(None, [f"model.family={family}", f"model.path={folder}"]).model).token_grid(48, 64)
+    options = ["model.lora_rank=4", "model.lora_alpha=8", "model.gradient_checkpointing=true"] if lora else []
+    setting = (synthrooms_tiny, tmp_path, family, folder, grid, *options)
+    eval_dtype = f"model.dtype={'float32' if lora else str(released).removeprefix('torch.')}"
+    cfg = make_config(*setting, eval_dtype)
+
+    extract(cfg)
+    result = train(make_config(*setting), progress=False)  # model.dtype=auto
+    assert "precision: float32 master weights (model.dtype=auto), compute in bfloat16 autocast" in capsys.readouterr().out
+    log = [json.loads(line) for line in result.log_path.read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2]
+    assert all(torch.isfinite(torch.tensor([r["loss"], r["align_loss"]])).all() for r in log)
+
+    evaluate(cfg, run_dir=tmp_path / "eval", progress=False)
+    for bench in BENCHMARKS:
+        records = predictions(tmp_path / "eval", bench)
+        assert len(records) == 2, bench
+        if bench in ("scanrefer", "multi3drefer"):
+            assert all(torch.isfinite(torch.tensor(r["scores"])).all() for r in records)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(metrics["benchmarks"]) == set(BENCHMARKS)
+
+    probed = probe_model(make_config(*setting, eval_dtype, f"probe.checkpoint={result.checkpoint}"), progress=False)
+    assert probed.layers == [0, -1] and probed.grid == tuple(grid)
+    assert all(-1.0 <= s.scores[-1] <= 1.0 for s in probed.scenes if s.pairs)
+
+    out = export_run(tmp_path / "run", tmp_path / "export", dtype="float32" if lora else "auto")
+    assert out.dtype == (torch.float32 if lora else released) and (out.lora_layers > 0) == lora
+    reloaded = AutoModelForImageTextToText.from_pretrained(out.out, local_files_only=True, dtype="auto")
+    assert reloaded.config.model_type == family and reloaded.dtype == out.dtype
+    evaluate(make_config(*setting, eval_dtype, f"model.path={out.out}"), run_dir=tmp_path / "eval_export",
+             progress=False)
+    for bench in BENCHMARKS:
+        for x, y in zip(predictions(tmp_path / "eval", bench), predictions(tmp_path / "eval_export", bench),
+                        strict=True):
+            if "scores" not in x:
+                assert x["prediction"] == y["prediction"], bench
+            elif lora:
+                torch.testing.assert_close(torch.tensor(x["scores"]), torch.tensor(y["scores"]), atol=1e-4, rtol=0)
+            else:
+                assert x["scores"] == y["scores"] and x.get("pred_box") == y.get("pred_box"), bench
+
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_training_streams_to_it_and_eval_runs_in_the_released_dtype(release_checkpoint, synthrooms_tiny,
+                                                                              tmp_path, capsys):
+    from threedrs.models.loading import compute_device, inference_placement
+
+    family = "qwen2_vl"
+    folder = release_checkpoint(family)
+    grid = build_adapter(load_config(None, [f"model.family={family}", f"model.path={folder}"]).model).token_grid(48, 64)
+    cfg = make_config(synthrooms_tiny, tmp_path, family, folder, grid)  # model.dtype=auto
+    extract(cfg)
+    train(cfg, progress=False)
+    assert "float32 weights streamed to cuda" in capsys.readouterr().out
+    assert inference_placement(cfg.model, compute_device()).dtype == torch.bfloat16
+    evaluate(cfg, run_dir=tmp_path / "eval", progress=False)
+    for bench in ("scanrefer", "multi3drefer"):
+        assert all(torch.isfinite(torch.tensor(r["scores"])).all() for r in predictions(tmp_path / "eval", bench))
