@@ -5,8 +5,8 @@ low-memory loading.
 Each process joins a 2-process gloo group, then does what `threedrs train` does before `accelerator.prepare`:
 `training_load_device` (models/loading.py) picks where this rank loads, `training_placement` gives float32 master
 weights, `build_adapter` loads the checkpoint and `AlignTask` adds the heads (VGGT's 2048 channels). Peak RSS is the
-kernel's high-water mark (`ru_maxrss`) after the load; "before load" is the same counter after the imports and the
-process group, so the difference is what loading cost that process.
+process's resident-set high-water mark (`VmHWM`) after the load; "before load" is the same counter after the
+imports and the process group, so the difference is what loading cost that process.
 - before: every rank reads the whole checkpoint into host memory (DDP on the CPU, or any launcher without
   low-memory loading): float32 master weights materialised twice on the node;
 - after: the FSDP `fsdp_cpu_ram_efficient_loading` rule of configs/accelerate/fsdp_8gpu.yaml: rank 0 reads, rank 1
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -35,7 +34,12 @@ MODES = {"before": ("MULTI_CPU", False), "after": ("FSDP", True)}  # accelerate 
 
 
 def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """This process's resident-set high-water mark (VmHWM) in MiB. Unlike getrusage's ru_maxrss, it starts afresh
+    at exec: the worker does not inherit the peak of the parent that wrote the checkpoint."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("/proc/self/status has no VmHWM line (Linux only)")
 
 
 def worker(args: argparse.Namespace) -> None:

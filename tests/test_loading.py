@@ -42,7 +42,8 @@ def write_config(folder, config):
 def test_checkpoint_dtype_reads_the_released_and_the_transformers5_keys(tmp_path):
     assert checkpoint_dtype(write_config(tmp_path / "a", {"torch_dtype": "bfloat16"})) == torch.bfloat16
     assert checkpoint_dtype(write_config(tmp_path / "b", {"dtype": "float16"})) == torch.float16
-    assert checkpoint_dtype(write_config(tmp_path / "c", {"text_config": {"torch_dtype": "bfloat16"}})) == torch.bfloat16
+    nested = write_config(tmp_path / "c", {"text_config": {"torch_dtype": "bfloat16"}})
+    assert checkpoint_dtype(nested) == torch.bfloat16
     assert checkpoint_dtype(write_config(tmp_path / "d", {"model_type": "qwen2_vl"})) == torch.float32
     with pytest.raises(ValueError, match=r"config\.json: torch_dtype 'float8' is not one of"):
         checkpoint_dtype(write_config(tmp_path / "e", {"torch_dtype": "float8"}))

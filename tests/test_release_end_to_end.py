@@ -62,7 +62,8 @@ def test_release_checkpoint_extract_train_eval_probe_export_reload(family, relea
 
     extract(cfg)
     result = train(make_config(*setting), progress=False)  # model.dtype=auto
-    assert "precision: float32 master weights (model.dtype=auto), compute in bfloat16 autocast" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "precision: float32 master weights (model.dtype=auto), compute in bfloat16 autocast" in printed
     log = [json.loads(line) for line in result.log_path.read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2]
     assert all(torch.isfinite(torch.tensor([r["loss"], r["align_loss"]])).all() for r in log)

@@ -46,8 +46,8 @@ class Placement:
 
     def describe(self) -> str:
         where = {"cpu": "read into host memory", "meta": "not read (shapes only; rank 0 sends the weights)"}
-        dtype = str(self.dtype).removeprefix("torch.")
-        return f"{dtype} weights {where.get(self.device, f'streamed to {self.device}')}, {self.attn_implementation} attention"
+        dtype, kernel = str(self.dtype).removeprefix("torch."), self.attn_implementation
+        return f"{dtype} weights {where.get(self.device, f'streamed to {self.device}')}, {kernel} attention"
 
 
 def checkpoint_dtype(path: str | Path) -> torch.dtype:
