@@ -40,6 +40,17 @@ def make_config(root, work, family, folder, grid, *extra):
         "probe.target=model", "probe.layers=[0,-1]", "correspondence.voxel=1.0", *extra])
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state that refuses a second `Accelerator` with another mixed precision;
+    these tests train with bf16 while the rest of the suite trains with "no", so each starts and ends afresh."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
 def predictions(run_dir, bench):
     return [json.loads(line) for line in (run_dir / "predictions" / f"{bench}.jsonl").read_text().splitlines()]
 
