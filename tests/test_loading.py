@@ -5,6 +5,7 @@ following the model's dtype."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -166,3 +167,15 @@ def test_the_attention_kernel_reaches_the_model(tmp_path):
     loaded = build_adapter(model_cfg("model.family=llava_onevision", f"model.path={tmp_path}"),
                            Placement(attn_implementation="eager"))
     assert loaded.model.config.vision_config._attn_implementation == "eager"
+
+
+def test_train_refuses_half_precision_master_weights_before_loading(tmp_path, capsys, monkeypatch):
+    from threedrs.cli import main
+    from threedrs.models import registry
+
+    monkeypatch.setattr(registry, "_build", lambda *a: pytest.fail("the model was loaded"))
+    config = Path(__file__).parent.parent / "configs" / "tiny_qwen2_vl.yaml"
+    assert main(["train", str(config), "model.dtype=float16", f"output_dir={tmp_path}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("threedrs train: error: model.dtype=float16: training keeps float32 master weights")
+    assert "train.mixed_precision=fp16" in err and "\n" not in err

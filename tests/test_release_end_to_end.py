@@ -59,7 +59,7 @@ def predictions(run_dir, bench):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_release_checkpoint_extract_train_eval_probe_export_reload(family, release_checkpoint, synthrooms_tiny,
                                                                    tmp_path, capsys):
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
 
     folder = release_checkpoint(family)
     released = checkpoint_dtype(folder)
@@ -94,6 +94,13 @@ def test_release_checkpoint_extract_train_eval_probe_export_reload(family, relea
 
     out = export_run(tmp_path / "run", tmp_path / "export", dtype="float32" if lora else "auto")
     assert out.dtype == (torch.float32 if lora else released) and (out.lora_layers > 0) == lora
+    for name in ("chat_template.json", "preprocessor_config.json"):  # the processor's files, as released
+        assert (out.out / name).is_file() == (folder / name).is_file(), name
+        if (folder / name).is_file():
+            assert (out.out / name).read_text() == (folder / name).read_text(), name
+    tokenizers = [AutoTokenizer.from_pretrained(f, local_files_only=True) for f in (folder, out.out)]
+    assert tokenizers[0].chat_template == tokenizers[1].chat_template  # re-saved the transformers-5 way
+    assert tokenizers[1].convert_tokens_to_ids(["<ground>", "<coord>"]) == [len(tokenizers[0]), len(tokenizers[0]) + 1]
     reloaded = AutoModelForImageTextToText.from_pretrained(out.out, local_files_only=True, dtype="auto")
     assert reloaded.config.model_type == family and reloaded.dtype == out.dtype
     evaluate(make_config(*setting, eval_dtype, f"model.path={out.out}"), run_dir=tmp_path / "eval_export",
