@@ -12,6 +12,9 @@ one GPU, DDP, FSDP and DeepSpeed ZeRO-2/3 (launch with `accelerate launch --conf
 - The run folder is locked for the whole run and carries a provenance record: a folder holding another run is
   refused unless --resume (same config, data and teacher cache) or --overwrite (`threedrs.run_folder`).
 - A non-finite loss stops the run and names the last good checkpoint, which is kept.
+- Precision (models/loading.py): float32 master weights whatever the checkpoint's dtype, compute in
+  train.mixed_precision through autocast; the first printed line says so. Each rank loads the checkpoint where its
+  launcher needs it (straight onto its GPU, or on meta on the ranks FSDP's cpu-ram-efficient loading fills).
 """
 
 from __future__ import annotations
