@@ -68,6 +68,9 @@ def test_plain_transformers_loads_the_export_with_lora_merged(exported):
     assert {t: tokenizer.convert_tokens_to_ids(t) for t in ("<ground>", "<coord>")} == meta["tokens"]
     assert model.get_input_embeddings().num_embeddings >= len(tokenizer)
     assert Qwen2VLImageProcessorPil.from_pretrained(out, local_files_only=True).patch_size == 7
+    from threedrs.models.templates import FAMILY_TEMPLATES
+
+    assert tokenizer.chat_template == FAMILY_TEMPLATES["qwen2_vl"]  # the tiny model's template, now in the folder
     assert meta["teacher_dim"] == 32 and meta["lora_merged"] and meta["source"]["step"] == 2
     heads = load_file(str(out / "threedrs_heads.safetensors"))
     assert {k.split(".")[0] for k in heads} == {"heads", "grounding"}

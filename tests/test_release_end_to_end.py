@@ -6,7 +6,8 @@ bf16 autocast) -> evaluate all five benchmarks on 2 samples each -> probe the tr
 Evaluation runs in the checkpoint's own dtype (what `model.dtype=auto` picks on a GPU), so the bf16/fp16 grounding
 path that used to fail is exercised on the CPU; the export in that dtype must give exactly the training
 checkpoint's predictions. Qwen2-VL trains with LoRA and gradient checkpointing instead and is compared in float32
-(a merged LoRA differs from the unmerged one by float rounding only).
+(a merged LoRA differs from the unmerged one by float rounding only); Qwen2.5-VL runs at its processor's native
+frame size and LLaVA-OneVision with a newline after each row (the 3DRS layout).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from threedrs.train import train
 
 BENCHMARKS = ("scanrefer", "multi3drefer", "scan2cap", "scanqa", "sqa3d")
 LORA_FAMILY = "qwen2_vl"  # trained with LoRA and gradient checkpointing
+# the settings that change the visual tokens, each used by one family (and carried through the export)
+FAMILY_OPTIONS = {"qwen2_5_vl": ["model.image_size=native"], "llava_onevision": ["model.newline=grid"]}
 
 
 def make_config(root, work, family, folder, grid, *extra):
@@ -65,8 +68,10 @@ def test_release_checkpoint_extract_train_eval_probe_export_reload(family, relea
     released = checkpoint_dtype(folder)
     assert released == (torch.float16 if family == "llava_onevision" else torch.bfloat16)
     lora = family == LORA_FAMILY
-    grid = build_adapter(load_config(None, [f"model.family={family}", f"model.path={folder}"]).model).token_grid(48, 64)
     options = ["model.lora_rank=4", "model.lora_alpha=8", "model.gradient_checkpointing=true"] if lora else []
+    options += FAMILY_OPTIONS.get(family, [])
+    model = load_config(None, [f"model.family={family}", f"model.path={folder}", *options]).model
+    grid = build_adapter(model).token_grid(48, 64)
     setting = (synthrooms_tiny, tmp_path, family, folder, grid, *options)
     eval_dtype = f"model.dtype={'float32' if lora else str(released).removeprefix('torch.')}"
     cfg = make_config(*setting, eval_dtype)

@@ -3,7 +3,8 @@
 OUT gets what the base checkpoint's folder holds, with the trained weights:
 - the model (`config.json`, safetensors) loadable with the family class or
   `AutoModelForImageTextToText.from_pretrained(OUT)`, LoRA merged into the base weights;
-- the tokenizer with the added `<ground>` / `<coord>` tokens (at the ids the model was trained with);
+- the tokenizer with the added `<ground>` / `<coord>` tokens (at the ids the model was trained with), and the chat
+  template the run used (the base folder's, re-saved; `chat_template.jinja` with the family default for tiny models);
 - the image processor: the base folder's processor files copied as they are (`preprocessor_config.json`, ...), or
   for the tiny random models the adapter's image processor saved;
 - threedrs's own heads beside it (align/saved_heads.py): `threedrs_heads.safetensors` + `threedrs_heads.json`.
@@ -32,6 +33,7 @@ from threedrs.models.loading import DTYPES, Placement, checkpoint_dtype
 # processor-level files of a released folder that training does not change (the tokenizer's are re-saved)
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json",
                    "chat_template.json")
+TEMPLATE_FILES = ("processor_config.json", "chat_template.json", "chat_template.jinja")  # models/prompt.py's order
 
 
 @dataclass
@@ -112,6 +114,8 @@ def export_run(run: str | Path, out: str | Path, step: int | None = None, dtype:
     if not copied:
         adapter.image_processor.save_pretrained(tmp)
     adapter.tokenizer.save_pretrained(tmp)
+    if not any((tmp / name).is_file() for name in TEMPLATE_FILES):  # a tiny model: its family default is in use
+        (tmp / "chat_template.jinja").write_text(adapter.prompt.template.text)
     write_heads(task, tmp, meta)
     tmp.rename(out)
     return ExportResult(out, checkpoint, target, lora_layers)

@@ -6,8 +6,8 @@ Plain transformers loads the exported folder as the family's model; what it cann
   (`grounding.{query_mlp,object_mlp}.*`, `grounding.no_target` [D]), in the exported dtype;
 - `threedrs_heads.json`, what they are and how they were trained:
   `{"format": "threedrs-heads/1", "family", "hidden_size": D, "teacher_dim": C or null, "align": {"loss", "layers",
-  "posenc", "grounding_temperature"}, "tokens": {"<ground>": id, "<coord>": id}, "image_size": [h, w] or null,
-  "lora_merged": bool, "dtype", "source": {"run", "checkpoint", "step", "sha256", "base_model"}}`.
+  "posenc", "grounding_temperature"}, "tokens": {"<ground>": id, "<coord>": id}, "image_size": [h, w], "native"
+  or null, "newline", "lora_merged": bool, "dtype", "source": {"run", "checkpoint", "step", "sha256", "base_model"}}`.
 `threedrs eval model.path=OUT` reads both (evaluate.load_task) and checks that the run's settings the heads depend on
 match the config before building anything.
 """
@@ -91,19 +91,26 @@ def export_meta(cfg: ExperimentConfig, task: nn.Module) -> dict:
             "align": {"loss": task.loss_name, "layers": list(cfg.align.layers), "posenc": cfg.align.posenc,
                       "grounding_temperature": cfg.align.grounding_temperature},
             "tokens": {GROUND_TOKEN: int(task.ground_id), COORD_TOKEN: int(task.coord_id)},
-            "image_size": None if cfg.model.image_size is None else list(cfg.model.image_size)}
+            "image_size": _image_size(cfg), "newline": cfg.model.newline}
+
+
+def _image_size(cfg: ExperimentConfig) -> list[int] | str | None:
+    """model.image_size as JSON: [h, w], "native" or None."""
+    size = cfg.model.image_size
+    return size if size is None or isinstance(size, str) else list(size)
 
 
 def check_export_settings(meta: dict, cfg: ExperimentConfig) -> None:
     """Raise ConfigError naming the key when `cfg` differs from the exported run in a setting the heads or the
-    predictions depend on (family, supervised layers, position encoding, grounding temperature, frame size)."""
+    predictions depend on (family, supervised layers, position encoding, grounding temperature, frame size, LLaVA
+    newline layout)."""
     align = meta["align"]
-    image_size = None if cfg.model.image_size is None else list(cfg.model.image_size)
     pairs = {"model.family": (meta["family"], cfg.model.family),
              "align.layers": (align["layers"], list(cfg.align.layers)),
              "align.posenc": (align["posenc"], cfg.align.posenc),
              "align.grounding_temperature": (align["grounding_temperature"], cfg.align.grounding_temperature),
-             "model.image_size": (meta.get("image_size"), image_size)}
+             "model.image_size": (meta.get("image_size"), _image_size(cfg)),
+             "model.newline": (meta.get("newline", "auto"), cfg.model.newline)}
     for key, (exported, configured) in pairs.items():
         if exported != configured:
             raise ConfigError(f"{key}: model.path={cfg.model.path} was exported from a run with {key}={exported}, the "
