@@ -77,12 +77,13 @@ def test_plain_transformers_loads_the_export_with_lora_merged(exported):
     torch.testing.assert_close(heads["heads.-1.net.2.weight"], trained["heads.-1.net.2.weight"])
 
 
-def test_eval_of_the_export_gives_the_training_checkpoints_predictions(exported, tmp_path):
+def test_eval_of_the_export_gives_the_training_checkpoints_predictions(exported, tmp_path, capsys):
     work, cfg, out = exported
     evaluate(cfg, run_dir=tmp_path / "checkpoint", progress=False)
     from_export = load_config(work / "run" / "config.yaml", [f"model.path={out}", "eval.limit=2",
                                                              "eval.max_new_tokens=4", "eval.meteor=false"])
     evaluate(from_export, run_dir=tmp_path / "export", progress=False)
+    assert f"evaluating the export {out} (step 2 of {work / 'run'}, float32)" in capsys.readouterr().out
     for bench in BENCHMARKS:
         a, b = predictions(tmp_path / "checkpoint", bench), predictions(tmp_path / "export", bench)
         assert [r["id"] for r in a] == [r["id"] for r in b] and len(a) == 2
