@@ -6,11 +6,17 @@ ScanNet stores instances per scan as three files (FORMATS.md §2.1):
 - `<scene>.aggregation.json`: `segGroups`, each an `objectId` (0-based), a raw `label` and its segment ids.
 An object's box is the min/max of its vertices after the axis alignment `A` (§2.2: later groups overwrite earlier
 ones where segments overlap). SynthRooms writes the same three files.
+
+ScanNet quirk (ScanNet issue #51): scene0217_00's aggregation lists every segGroup twice, the copies carrying new
+objectIds from 31 on. A group with the same label and segments as an earlier one is such a copy: it is dropped
+(the first occurrence is kept, as the public preprocessors do) with a warning naming the scene; without that,
+"later group wins" would leave the original objects without a vertex.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,13 +128,24 @@ def read_instances(scan_dir: str | Path, scene_id: str, axis_align: np.ndarray) 
     aligned = verts @ axis_align[:3, :3].T + axis_align[:3, 3]
     owner = np.full(verts.shape[0], -1, dtype=np.int64)
     labels: dict[int, str] = {}
+    seen: dict[tuple[str, tuple[int, ...]], int] = {}
+    copies = []
     for group in groups:
         try:
-            oid, label, segments = int(group["objectId"]), str(group["label"]), group["segments"]
+            oid, label = int(group["objectId"]), str(group["label"])
+            segments = tuple(sorted(int(s) for s in group["segments"]))
         except (KeyError, TypeError, ValueError):
             raise SceneDataError(f"{agg_path}: segGroup without objectId/label/segments: {group!r}") from None
+        if (label, segments) in seen:
+            copies.append(oid)
+            continue
+        seen[(label, segments)] = oid
         owner[np.isin(seg_indices, np.asarray(segments, dtype=np.int64))] = oid
         labels[oid] = label
+    if copies:
+        warnings.warn(f"{scene_id}: {len(copies)} segGroup(s) of {agg_path.name} repeat an earlier group (objectIds "
+                      f"{copies[0]}..{copies[-1]}); kept the first occurrence of each (ScanNet issue #51)",
+                      stacklevel=2)
     objects = []
     for oid in sorted(labels):
         pts = aligned[owner == oid]

@@ -3,12 +3,16 @@
 Default file locations under a dataset root (the layout SynthRooms writes and the official downloads unpack to):
 ```
 scanrefer/ScanRefer_filtered_<split>.json           multi3drefer/multi3drefer_<split>.json
-scanqa/ScanQA_v1.0_<split>.json                     (Scan2Cap re-uses the ScanRefer files)
+scanqa/ScanQA_v1.0_<split>.json  (test: _test_w_obj.json + _test_wo_obj.json)   (Scan2Cap re-uses ScanRefer's)
 sqa3d/balanced/v1_balanced_questions_<split>_scannetv2.json + v1_balanced_sqa_annotations_<split>_scannetv2.json
 ```
 Prompts are Video-3D LLM's (§3.6.2-3.6.6); samples are expanded as V3D does: ScanQA train one per (question,
 answer), SQA3D train one per (question, situation), Scan2Cap val one per object with all its descriptions as
 references. The `<image>` placeholder is not part of `prompt`: the model adapter puts the frames first.
+
+Every reader checks what scoring will rely on while it reads (record fields and types, object ids, eval types,
+unique ids) and names the file and the record of the first problem. Video-3D LLM's processed files are read by
+`threedrs.data.llava_style`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from threedrs.data.instances import SceneDataError, read_json
+from threedrs.data.labels import read_label_map, scanrefer_eval_types
+from threedrs.metrics.grounding import MULTI3DREFER_EVAL_TYPES, SCANREFER_EVAL_TYPES
 
 TASKS = ("scanrefer", "multi3drefer", "scan2cap", "scanqa", "sqa3d")
 GROUND_TOKEN = "<ground>"  # the whole answer of a grounding sample; its hidden state is the grounding query
@@ -49,7 +55,8 @@ class Sample:
     question: str = ""  # the bare question (ScanQA, SQA3D), without situation or instruction
 
 
-def _records(path: Path, required: tuple[str, ...]) -> list[dict]:
+def json_records(path: Path, required: tuple[str, ...]) -> list[dict]:
+    """A JSON list of records, each a dict holding the `required` keys (else an error naming the record)."""
     data = read_json(path, "annotation file")
     if not isinstance(data, list):
         raise SceneDataError(f"{path}: expected a JSON list of records")
@@ -60,62 +67,133 @@ def _records(path: Path, required: tuple[str, ...]) -> list[dict]:
     return data
 
 
+def object_id(value: object, where: str) -> int:
+    """An object id as the files write it (ScanRefer: a digit string, the others: an int) -> int >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
+        raise SceneDataError(f"{where}: object id {value!r} is not a non-negative integer (or its digit string)")
+    return int(value)
+
+
+def _text(record: dict, key: str, where: str) -> str:
+    value = record[key]
+    if not isinstance(value, str):
+        raise SceneDataError(f"{where}: {key} must be a string, got {value!r}")
+    return value
+
+
+def _unique_ids(samples: list[Sample], path: Path) -> list[Sample]:
+    """Refuse two samples with one id (the official files have none; a duplicate means a merged or edited file)."""
+    first: dict[str, int] = {}
+    for i, s in enumerate(samples):
+        if s.id in first:
+            raise SceneDataError(f"{path}: records {first[s.id]} and {i} have the same id {s.id!r}")
+        first[s.id] = i
+    return samples
+
+
 def scanrefer_prompt(description: str) -> str:
     """V3D ScanRefer prompt; `capitalize()` lower-cases the rest of the description, as V3D does."""
     return "Identify the object according to the following description.\n" + description.capitalize()
 
 
-def read_scanrefer(path: Path) -> list[Sample]:
-    """ScanRefer_filtered_<split>.json -> grounding samples (one per description)."""
+def read_scanrefer(path: Path, label_map: Path | None = None) -> list[Sample]:
+    """ScanRefer_filtered_<split>.json -> grounding samples (one per description).
+
+    A record's `eval_type` is used when the file has one (M3DRef-CLIP / V3D add it in place); the official
+    downloads have none, and then the label table `label_map` (scannetv2-labels.combined.tsv) gives the official
+    unique/multiple labels (`threedrs.data.labels`). Without either, the file is refused.
+    """
+    recs = json_records(path, ("scene_id", "object_id", "object_name", "ann_id", "description"))
+    computed: list[str] | None = None
+    if any("eval_type" not in r for r in recs):
+        if label_map is None:
+            raise SceneDataError(f"{path}: records have no eval_type (the official files have none); set "
+                                 "data.label_map to ScanNet's scannetv2-labels.combined.tsv to label them")
+        computed = scanrefer_eval_types(recs, read_label_map(label_map), path)
     out = []
-    for r in _records(path, ("scene_id", "object_id", "ann_id", "description")):
-        out.append(Sample(f"{r['scene_id']}|{r['object_id']}|{r['ann_id']}", "scanrefer", r["scene_id"],
-                          scanrefer_prompt(r["description"]), GROUND_TOKEN, [r["description"]],
-                          [int(r["object_id"])], r.get("eval_type", "")))
-    return out
+    for i, r in enumerate(recs):
+        where = f"{path}: record {i}"
+        eval_type = r["eval_type"] if "eval_type" in r else computed[i]
+        if eval_type not in SCANREFER_EVAL_TYPES:
+            raise SceneDataError(f"{where}: eval_type {eval_type!r} is not one of {SCANREFER_EVAL_TYPES}")
+        target = object_id(r["object_id"], where)
+        description = _text(r, "description", where)
+        out.append(Sample(f"{r['scene_id']}|{target}|{r['ann_id']}", "scanrefer", _text(r, "scene_id", where),
+                          scanrefer_prompt(description), GROUND_TOKEN, [description], [target], eval_type))
+    return _unique_ids(out, path)
 
 
 def read_multi3drefer(path: Path) -> list[Sample]:
-    """multi3drefer_<split>.json -> grounding samples with 0, 1 or many targets."""
+    """multi3drefer_<split>.json -> grounding samples with 0, 1 or many targets (zero-target types have none)."""
     out = []
     suffix = "\nThere may be no corresponding object, or there may be one or more objects."
-    for r in _records(path, ("scene_id", "ann_id", "description", "object_ids", "eval_type")):
-        out.append(Sample(f"{r['scene_id']}|{r['ann_id']}", "multi3drefer", r["scene_id"],
-                          scanrefer_prompt(r["description"]) + suffix, GROUND_TOKEN, [r["description"]],
-                          [int(i) for i in r["object_ids"]], r["eval_type"]))
-    return out
+    for i, r in enumerate(json_records(path, ("scene_id", "ann_id", "description", "object_ids", "eval_type"))):
+        where = f"{path}: record {i}"
+        if r["eval_type"] not in MULTI3DREFER_EVAL_TYPES:
+            raise SceneDataError(f"{where}: eval_type {r['eval_type']!r} is not one of {MULTI3DREFER_EVAL_TYPES}")
+        if not isinstance(r["object_ids"], list):
+            raise SceneDataError(f"{where}: object_ids must be a list, got {r['object_ids']!r}")
+        targets = [object_id(t, where) for t in r["object_ids"]]
+        if r["eval_type"].startswith("zt") != (not targets):
+            raise SceneDataError(f"{where}: eval_type {r['eval_type']!r} with {len(targets)} object_ids "
+                                 "(zero-target types have none, the others at least one)")
+        description = _text(r, "description", where)
+        out.append(Sample(f"{r['scene_id']}|{r['ann_id']}", "multi3drefer", _text(r, "scene_id", where),
+                          scanrefer_prompt(description) + suffix, GROUND_TOKEN, [description], targets,
+                          r["eval_type"]))
+    return _unique_ids(out, path)
 
 
 def read_scan2cap(path: Path, split: str) -> list[Sample]:
-    """ScanRefer file -> captioning samples: train one per description, val one per object (all references)."""
+    """ScanRefer file -> captioning samples: train one per description, val one per object (all references).
+
+    Scan2Cap's scores do not depend on ScanRefer's unique/multiple labels: `question_type` is the record's
+    `eval_type` when the file has one, else empty.
+    """
     prompt = f"Given an object located at {COORD_TOKEN} , describe the object in detail."
-    recs = _records(path, ("scene_id", "object_id", "object_name", "description"))
+    recs = json_records(path, ("scene_id", "object_id", "object_name", "ann_id", "description"))
+    targets = [object_id(r["object_id"], f"{path}: record {i}") for i, r in enumerate(recs)]
+    for i, r in enumerate(recs):
+        _text(r, "description", f"{path}: record {i}")
     if split == "train":
-        return [Sample(f"{r['scene_id']}|{r['object_id']}|{r['object_name']}|{r.get('ann_id', i)}", "scan2cap",
-                       r["scene_id"], prompt, r["description"].capitalize(), [r["description"]],
-                       [int(r["object_id"])], r.get("eval_type", "")) for i, r in enumerate(recs)]
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for r in recs:
-        groups[f"{r['scene_id']}|{r['object_id']}|{r['object_name']}"].append(r)
-    return [Sample(key, "scan2cap", rs[0]["scene_id"], prompt, rs[0]["description"].capitalize(),
-                   [r["description"] for r in rs], [int(rs[0]["object_id"])], rs[0].get("eval_type", ""))
+        return _unique_ids([
+            Sample(f"{r['scene_id']}|{t}|{r['object_name']}|{r['ann_id']}", "scan2cap", r["scene_id"], prompt,
+                   r["description"].capitalize(), [r["description"]], [t], r.get("eval_type", ""))
+            for r, t in zip(recs, targets)], path)
+    groups: dict[str, list[tuple[dict, int]]] = defaultdict(list)
+    for r, t in zip(recs, targets):
+        groups[f"{r['scene_id']}|{t}|{r['object_name']}"].append((r, t))
+    return [Sample(key, "scan2cap", rs[0][0]["scene_id"], prompt, rs[0][0]["description"].capitalize(),
+                   [r["description"] for r, _ in rs], [rs[0][1]], rs[0][0].get("eval_type", ""))
             for key, rs in groups.items()]
 
 
-def read_scanqa(path: Path, split: str) -> list[Sample]:
-    """ScanQA_v1.0_<split>.json -> QA samples (train: one per answer, as V3D)."""
+def read_scanqa(paths: list[Path], split: str) -> list[Sample]:
+    """ScanQA_v1.0_<split>.json -> QA samples (train: one per answer, as V3D).
+
+    The test split is ScanQA_v1.0_test_w_obj.json + ScanQA_v1.0_test_wo_obj.json (ScanNet test scenes): its
+    questions have no answers, so its samples have none (predictions can be written, not scored).
+    """
     out = []
-    for r in _records(path, ("scene_id", "question_id", "question", "answers")):
-        prompt = f"{r['question']} Answer the question simply."
-        targets = [int(i) for i in r.get("object_ids", [])]
-        answers = list(r["answers"])
-        if not answers:
-            raise SceneDataError(f"{path}: question {r['question_id']} has no answers")
-        chosen = enumerate(answers) if split == "train" else [(0, answers[0])]
-        for k, ans in chosen:
-            out.append(Sample(f"{r['question_id']}_{k}" if split == "train" else str(r["question_id"]), "scanqa",
-                              r["scene_id"], prompt, ans, answers, targets, "unknow", r["question"]))
-    return out
+    required = ("scene_id", "question_id", "question") + (() if split == "test" else ("answers",))
+    for path in paths:
+        for i, r in enumerate(json_records(path, required)):
+            where = f"{path}: record {i}"
+            question = _text(r, "question", where)
+            prompt = f"{question} Answer the question simply."
+            targets = [object_id(t, where) for t in r.get("object_ids", [])]
+            answers = list(r.get("answers", []))
+            if split != "test" and not answers:
+                raise SceneDataError(f"{where}: question {r['question_id']} has no answers")
+            if not all(isinstance(a, str) for a in answers):
+                raise SceneDataError(f"{where}: answers must be strings, got {answers!r}")
+            if split == "train":
+                chosen = [(f"{r['question_id']}_{k}", a) for k, a in enumerate(answers)]
+            else:
+                chosen = [(str(r["question_id"]), answers[0] if answers else "")]
+            out += [Sample(sid, "scanqa", _text(r, "scene_id", where), prompt, answer, answers, targets, "unknow",
+                           question) for sid, answer in chosen]
+    return _unique_ids(out, paths[0])
 
 
 def sqa3d_question_type(question: str) -> str:
@@ -136,23 +214,30 @@ def read_sqa3d(questions_path: Path, annotations_path: Path, split: str) -> list
     if not isinstance(annotations, dict) or "annotations" not in annotations:
         raise SceneDataError(f"{annotations_path}: expected a dict with an 'annotations' list")
     answer_of = {}
-    for a in annotations["annotations"]:
+    for i, a in enumerate(annotations["annotations"]):
         try:
             answer_of[a["question_id"]] = a["answers"][0]["answer"]
         except (KeyError, IndexError, TypeError):
-            raise SceneDataError(f"{annotations_path}: annotation without answers: {a!r}") from None
+            raise SceneDataError(f"{annotations_path}: annotation {i} has no answers: {a!r}") from None
     out = []
-    for q in questions["questions"]:
-        qid = q.get("question_id")
+    for i, q in enumerate(questions["questions"]):
+        missing = [k for k in ("scene_id", "situation", "question", "question_id")
+                   if not isinstance(q, dict) or k not in q]
+        if missing:
+            raise SceneDataError(f"{questions_path}: record {i} lacks {', '.join(missing)}")
+        qid = q["question_id"]
         if qid not in answer_of:
-            raise SceneDataError(f"{questions_path}: question {qid} has no annotation in {annotations_path.name}")
-        situations = [q["situation"]] + (list(q.get("alternative_situation", [])) if split == "train" else [])
+            raise SceneDataError(f"{questions_path}: question {qid} (record {i}) has no annotation in "
+                                 f"{annotations_path.name}")
+        where = f"{questions_path}: record {i}"
+        situations = [_text(q, "situation", where)] + (list(q.get("alternative_situation", []))
+                                                       if split == "train" else [])
         for k, situation in enumerate(situations):
-            prompt = f"{situation} {q['question']} Answer the question using a single word or phrase."
-            out.append(Sample(f"{qid}_{k}" if split == "train" else str(qid), "sqa3d", q["scene_id"], prompt,
-                              answer_of[qid], [answer_of[qid]], [], sqa3d_question_type(q["question"]),
+            prompt = f"{situation} {_text(q, 'question', where)} Answer the question using a single word or phrase."
+            out.append(Sample(f"{qid}_{k}" if split == "train" else str(qid), "sqa3d", _text(q, "scene_id", where),
+                              prompt, answer_of[qid], [answer_of[qid]], [], sqa3d_question_type(q["question"]),
                               q["question"]))
-    return out
+    return _unique_ids(out, questions_path)
 
 
 def benchmark_paths(root: str | Path, task: str, split: str) -> list[Path]:
@@ -163,6 +248,8 @@ def benchmark_paths(root: str | Path, task: str, split: str) -> list[Path]:
     if task == "multi3drefer":
         return [root / "multi3drefer" / f"multi3drefer_{split}.json"]
     if task == "scanqa":
+        if split == "test":
+            return [root / "scanqa" / f"ScanQA_v1.0_test_{kind}.json" for kind in ("w_obj", "wo_obj")]
         return [root / "scanqa" / f"ScanQA_v1.0_{split}.json"]
     if task == "sqa3d":
         base = root / "sqa3d" / "balanced"
@@ -171,45 +258,21 @@ def benchmark_paths(root: str | Path, task: str, split: str) -> list[Path]:
     raise ValueError(f"task: unknown benchmark {task!r}; known: {', '.join(TASKS)}")
 
 
-def load_benchmark(root: str | Path, task: str, split: str) -> list[Sample]:
-    """All samples of one benchmark split from the default files under `root`."""
+def load_benchmark(root: str | Path, task: str, split: str, label_map: str | Path | None = None) -> list[Sample]:
+    """All samples of one benchmark split from the default files under `root`.
+
+    label_map: ScanNet's scannetv2-labels.combined.tsv (relative to `root` unless absolute), read only when a
+    ScanRefer file lacks `eval_type` (the official files do).
+    """
     paths = benchmark_paths(root, task, split)
     if task == "scanrefer":
-        return read_scanrefer(paths[0])
+        return read_scanrefer(paths[0], None if label_map is None else Path(root) / label_map)
     if task == "multi3drefer":
         return read_multi3drefer(paths[0])
     if task == "scan2cap":
         return read_scan2cap(paths[0], split)
     if task == "scanqa":
-        return read_scanqa(paths[0], split)
+        return read_scanqa(paths, split)
     return read_sqa3d(paths[0], paths[1], split)
 
 
-_LLAVA_TASKS = {"scanrefer": "scanrefer", "multi3drefer": "multi3drefer", "scan2cap": "scan2cap",
-                "scanQA": "scanqa", "scanqa": "scanqa", "sqa3d": "sqa3d"}
-
-
-def read_llava_style(path: Path) -> list[Sample]:
-    """Video-3D LLM's processed "llava-style" JSON (§3.6) -> samples of whichever tasks it holds.
-
-    The `<image>` placeholder and the training-time spatial instruction are removed from the prompt; the ids are
-    the file's own `id`s (as strings).
-    """
-    out = []
-    for i, r in enumerate(_records(path, ("id", "video", "conversations", "metadata"))):
-        meta = r["metadata"]
-        task = _LLAVA_TASKS.get(meta.get("dataset", ""))
-        if task is None:
-            raise SceneDataError(f"{path}: record {i} has unknown metadata.dataset {meta.get('dataset')!r}")
-        try:
-            human, gpt = r["conversations"][0]["value"], r["conversations"][1]["value"]
-        except (IndexError, KeyError, TypeError):
-            raise SceneDataError(f"{path}: record {i} needs a human and a gpt turn") from None
-        prompt = human.replace("<image>", "").replace(SPATIAL_INSTRUCTION, "").strip()
-        ids = meta.get("object_id", [])
-        targets = [int(x) for x in (ids if isinstance(ids, list) else [ids])]
-        answers = r.get("annotations") or meta.get("answers") or [gpt]
-        scene_id = r["video"].split("/")[-1]
-        out.append(Sample(str(r["id"]), task, scene_id, prompt, gpt, list(answers), targets,
-                          str(meta.get("question_type", ""))))
-    return out
