@@ -11,6 +11,7 @@ from threedrs.geometry import (
     box_iou_3d,
     boxes_from_points,
     depth_to_world,
+    depth_token_points,
     grid_footprints,
     scale_intrinsics,
     token_world_points,
@@ -317,7 +318,7 @@ def test_bad_token_world_points_input() -> None:
     boxes = grid_footprints(4, 4, 2, 2)
     with pytest.raises(ValueError, match=r"footprints: boxes outside the 4x4 image"):
         token_world_points(world, valid, boxes + 1, (4, 4))
-    with pytest.raises(ValueError, match=r"footprints: 3 frames but world has 2"):
+    with pytest.raises(ValueError, match=r"footprints: 3 frames but the depth \(world\) has 2"):
         token_world_points(world, valid, boxes.expand(3, 2, 2, 4), (4, 4))
     with pytest.raises(ValueError, match=r"footprints: expected an integer tensor"):
         token_world_points(world, valid, boxes.double(), (4, 4))
@@ -350,3 +351,40 @@ def test_bad_box_input() -> None:
         box_iou_3d(good, torch.tensor([_box(0.0, -1.0)], dtype=F64))
     with pytest.raises(ValueError, match=r"points: expected shape \[\.\.\., N, 3\] with N >= 1"):
         boxes_from_points(torch.zeros(0, 3, dtype=F64))
+
+
+def test_depth_token_points_equal_the_world_map_route() -> None:
+    """The direct box sums give the mean world point of the full [S, Hd, Wd, 3] route, for depth at another size
+    than colour (ScanNet), invalid pixels, tokens without any valid pixel and irregular, overlapping boxes."""
+    generator = torch.Generator().manual_seed(3)
+    frames, height, width, depth_h, depth_w = 3, 97, 130, 48, 64
+    depth = torch.rand(frames, depth_h, depth_w, generator=generator) * 4 + 0.3
+    depth[torch.rand(frames, depth_h, depth_w, generator=generator) < 0.2] = 0.0  # no measurement
+    depth[0, :20, :30] = 0.0  # a region without any valid pixel
+    depth[1, 5, 5] = float("nan")
+    K = torch.tensor([[57.7, 0.0, 31.9], [0.0, 57.9, 24.3], [0.0, 0.0, 1.0]], dtype=F64)
+    poses = torch.eye(4, dtype=F64).repeat(frames, 1, 1)
+    for s in range(frames):
+        angle = 0.4 * s + 0.1
+        poses[s, :3, :3] = torch.tensor([[math.cos(angle), -math.sin(angle), 0.0],
+                                         [math.sin(angle), math.cos(angle), 0.0], [0.0, 0.0, 1.0]], dtype=F64)
+        poses[s, :3, 3] = torch.tensor([1.5 * s, -0.5, 1.2], dtype=F64)
+    grid = grid_footprints(height, width, 7, 9)
+    x0 = torch.randint(0, width - 10, (frames, 4, 5), generator=generator)
+    y0 = torch.randint(0, height - 10, (frames, 4, 5), generator=generator)
+    irregular = torch.stack([x0, y0, x0 + torch.randint(0, 40, x0.shape, generator=generator).clamp(max=width - 1 - x0) + 1,
+                             y0 + torch.randint(0, 40, y0.shape, generator=generator).clamp(max=height - 1 - y0) + 1],
+                            dim=-1)
+    for footprints in (grid, irregular):
+        world, valid = depth_to_world(depth.double(), K, poses)
+        expected, expected_valid = token_world_points(world, valid, footprints, (height, width))
+        points, token_valid = depth_token_points(depth, K, poses, footprints, (height, width))
+        assert torch.equal(token_valid, expected_valid) and not bool(token_valid.all())
+        torch.testing.assert_close(points[token_valid], expected[token_valid], rtol=0, atol=1e-9)
+        assert bool(points[~token_valid].isnan().all())
+    with pytest.raises(ValueError, match="cam_to_world: expected rigid poses"):
+        bad = poses.clone()
+        bad[0, 3, 3] = 2.0
+        depth_token_points(depth, K, bad, grid, (height, width))
+    with pytest.raises(ValueError, match=r"footprints: boxes outside the 97x130 image"):
+        depth_token_points(depth, K, poses, grid + 1, (height, width))

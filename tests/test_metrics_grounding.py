@@ -81,10 +81,56 @@ def test_scanrefer_accuracy_matches_scalar_loop() -> None:
         assert result["unique"][f"Acc@{k}"] == pytest.approx(100 * sum(i >= k for i in unique) / len(unique))
 
 
-def test_scanrefer_accuracy_accepts_json_lists_as_float32() -> None:
-    # lists (as read from JSONL) are float32: the 1e-8 of the IoU is absorbed and exactly 0.5 stays a hit
-    result = scanrefer_accuracy([box(0.0, 2.0)], [UNIT], ["unique"])
-    assert result["overall"]["Acc@0.5"] == 100.0
+def official_iou(a: list[float], b: list[float]) -> float:
+    """Video-3D LLM's box IoU as its eval scripts compute it: NumPy float64 corners, volumes from the corners."""
+    def corners(box):
+        c, (l, w, h) = box[:3], box[3:]
+        xyz = np.vstack([[l / 2, l / 2, -l / 2, -l / 2, l / 2, l / 2, -l / 2, -l / 2],
+                         [w / 2, -w / 2, -w / 2, w / 2, w / 2, -w / 2, -w / 2, w / 2],
+                         [h / 2, h / 2, h / 2, h / 2, -h / 2, -h / 2, -h / 2, -h / 2]])
+        xyz[0, :] += c[0]
+        xyz[1, :] += c[1]
+        xyz[2, :] += c[2]
+        return xyz.T
+    lo1, hi1 = corners(a).min(axis=0), corners(a).max(axis=0)
+    lo2, hi2 = corners(b).min(axis=0), corners(b).max(axis=0)
+    low, high = np.maximum(lo1, lo2), np.minimum(hi1, hi2)
+    inter = np.maximum(high[0] - low[0], 0) * np.maximum(high[1] - low[1], 0) * np.maximum(high[2] - low[2], 0)
+    vol1 = (hi1[0] - lo1[0]) * (hi1[1] - lo1[1]) * (hi1[2] - lo1[2])
+    vol2 = (hi2[0] - lo2[0]) * (hi2[1] - lo2[1]) * (hi2[2] - lo2[2])
+    return float(inter / (vol1 + vol2 - inter + 1e-8))
+
+
+def test_iou_is_the_official_float64_iou_bit_for_bit() -> None:
+    from threedrs.geometry import box_iou_3d
+
+    generator = torch.Generator().manual_seed(5)
+    a = random_boxes(generator, 300).double()
+    b = a + torch.cat([torch.randn(300, 3, generator=generator, dtype=torch.float64) * 0.4,
+                       torch.randn(300, 3, generator=generator, dtype=torch.float64).abs() * 0.1], dim=1)
+    ours = box_iou_3d(a[:, None], b[:, None])[:, 0, 0].tolist()
+    assert ours == [official_iou(x, y) for x, y in zip(a.tolist(), b.tolist())]
+
+
+def test_exact_ties_score_as_the_official_scripts() -> None:
+    # JSON lists are float64. Containing boxes of union 2 and 4 give IoU exactly 0.5 and 0.25 up to the 1e-8.
+    half, quarter = [0.0, 0.0, 0.0, 2.0, 1.0, 1.0], [0.0, 0.0, 0.0, 2.0, 2.0, 1.0]
+    assert official_iou(half, UNIT) < 0.5 and official_iou(quarter, UNIT) < 0.25
+    # ScanRefer compares the float64 IoU: both ties are misses
+    result = scanrefer_accuracy([half, quarter], [UNIT, UNIT], ["unique", "unique"])
+    assert result["overall"]["Acc@0.25"] == 50.0 and result["overall"]["Acc@0.5"] == 0.0
+    # float32 tensors keep their dtype, where the 1e-8 vanishes: hits (the pre-parity behaviour)
+    result = scanrefer_accuracy(torch.tensor([half, quarter]), torch.tensor([UNIT, UNIT]), ["unique"] * 2)
+    assert result["overall"]["Acc@0.5"] == 50.0
+    # Multi3DRefer stores the float64 IoU in float32: a large tie rounds back up to the threshold (hit) ...
+    f1 = multi3drefer_f1([[quarter]], [[UNIT]], ["st_w_d"])
+    assert f1["overall"]["F1@0.25"] == 100.0 and f1["overall"]["F1@0.5"] == 0.0
+    assert np.float32(official_iou(quarter, UNIT)) == np.float32(0.25)
+    # ... a small one (union 2**-7 m^3) does not: the 1e-8 is too large to round away (miss)
+    small_quarter, small_unit = [0.0, 0.0, 0.0, 0.25, 0.25, 0.125], [0.0, 0.0, 0.0, 0.125, 0.125, 0.125]
+    assert np.float32(official_iou(small_quarter, small_unit)) < np.float32(0.25)
+    f1 = multi3drefer_f1([[small_quarter]], [[small_unit]], ["st_w_d"])
+    assert f1["overall"]["F1@0.25"] == 0.0
     with pytest.raises(ValueError, match="pred_boxes: expected a rectangular array of numbers"):
         scanrefer_accuracy([UNIT, UNIT[:5]], [UNIT, UNIT], ["unique"] * 2)
 
@@ -193,6 +239,37 @@ def test_multi3drefer_selection_matches_sequential_loop_batched() -> None:
         assert mask == loop_selection(row, 0.5, 0.1)
         sizes.add(sum(mask))
     assert {0, 1} < sizes and max(sizes) > 1  # empty, single and multiple sets all exercised
+
+
+# 50 proposals whose float32 probabilities cross 0.4 at the 17th: the official loop adds them one at a time in
+# float32 and takes 17; a float32 cumsum (which torch accumulates in float64) stops at 16.
+CROSSING_SCORES = [
+    0.011904937215149403, 0.035069722682237625, 0.0396646112203598, 0.013829076662659645, 0.014857984147965908,
+    0.0409051775932312, 0.04506435990333557, 0.0010760605800896883, 0.03524860739707947, 0.04573338106274605,
+    0.025589099153876305, 0.006641486193984747, 0.03282821923494339, 0.03711234778165817, 0.00906491931527853,
+    0.04606510326266289, 0.009270858950912952, 0.045913126319646835, 0.00622784486040473, 0.02805166505277157,
+    0.015608087182044983, 0.04746276140213013, 0.022249629721045494, 0.04245664179325104, 0.04900970682501793,
+    0.00048247279482893646, 0.026639897376298904, 0.012839257717132568, 0.028963318094611168, 0.02013329230248928,
+    0.02419690601527691, 0.04057874530553818, 0.0403316505253315, 0.014195394702255726, 0.03772902116179466,
+    0.018237004056572914, 0.00943486113101244, 0.04711868613958359, 0.045623261481523514, 0.026682455092668533,
+    0.0012884289026260376, 0.049089718610048294, 0.005428108852356672, 0.029836956411600113, 0.02388039231300354,
+    0.02744782343506813, 0.022673863917589188, 0.0027086108457297087, 0.03874894604086876, 0.03896014019846916,
+    -1.0]
+
+
+def test_multi3drefer_cumulative_rule_accumulates_in_float32_as_the_official_loop() -> None:
+    scores = torch.tensor(CROSSING_SCORES)  # float32, as the official script reads them
+    probs, order = torch.sort(torch.softmax(scores / 0.07, dim=0)[:-1], descending=True)
+    running, official = torch.zeros(()), []
+    for index, p in zip(order.tolist(), probs):
+        running = running + p
+        official.append(index)
+        if running >= 0.4:
+            break
+    before = torch.cat([torch.zeros(1), probs.cumsum(0)[:-1]])
+    assert len(official) == 17 and int((before < 0.4).sum()) == 16
+    mask = multi3drefer_selection(CROSSING_SCORES)  # a JSON list: read as float32 like the official script
+    assert sorted(torch.nonzero(mask)[:, 0].tolist()) == sorted(official)
 
 
 @pytest.mark.parametrize(

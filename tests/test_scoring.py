@@ -130,7 +130,7 @@ def edit(benchmark: str, index: int, drop: str | None = None, **changes) -> dict
     ("scan2cap", edit("scan2cap", 2, prediction="a table"), r"line 2 .*undetected object must have the empty"),
     ("scan2cap", edit("scan2cap", 1, detected="yes"), r"line 2 .*'detected' must be true or false"),
     ("scan2cap", edit("scan2cap", 1, references=[]), r"line 2 .*'references' must be a non-empty list"),
-    ("scanqa", edit("scanqa", 1, answers="chair"), r"line 2 .*'answers' must be a non-empty list of strings"),
+    ("scanqa", edit("scanqa", 1, answers="chair"), r"line 2 .*'answers' must be a list of strings"),
     ("scanqa", edit("scanqa", 1, prediction=None), r"line 2 .*'prediction' must be a string"),
     ("sqa3d", edit("sqa3d", 1, question_type="what"), r"line 2 .*question_type 'what' but the question is of type"),
 ])
@@ -215,6 +215,28 @@ def test_records_given_directly_are_validated() -> None:
         score_benchmark("scanrefer", [])
     with pytest.raises(ValueError, match="unknown benchmark 'scanref'"):
         per_sample_values("scanref", SCANREFER)
+
+
+def test_scanqa_test_split_is_reported_unscored(tmp_path, capsys) -> None:
+    """ScanQA's test split has no public answers: its predictions are written, scoring says so."""
+    unanswered = [edit("scanqa", i, answers=[]) for i in range(len(SCANQA))]
+    run = make_run(tmp_path / "run", {"scanqa": unanswered, "sqa3d": SQA3D})
+    metrics = score_run(run, meteor=False)
+    assert set(metrics["benchmarks"]) == {"sqa3d"}
+    assert metrics["unscored"] == {"scanqa": scoring.NO_ANSWERS}
+    assert "Not scored: no reference answers" in (run / "metrics.md").read_text()
+    scoring.main_score(argparse.Namespace(run_dir=str(run), benchmarks=None, no_meteor=True))
+    assert "scanqa: no reference answers (ScanQA's test split" in capsys.readouterr().out
+    with pytest.raises(PredictionsError, match="scanqa: no reference answers"):
+        score_benchmark("scanqa", unanswered, meteor=False)
+    write_jsonl(run / "predictions" / "scanqa.jsonl", [SCANQA[0], unanswered[1]])
+    with pytest.raises(PredictionsError, match=r"scanqa.jsonl: 1 of 2 records have no answers \(first: id 's1'\)"):
+        score_run(run, meteor=False)
+
+
+def test_scan2cap_scores_do_not_depend_on_scanrefer_labels() -> None:
+    unlabelled = [dict(r, question_type="") for r in SCAN2CAP]  # official ScanRefer files carry no eval_type
+    assert score_benchmark("scan2cap", unlabelled, meteor=False) == score_benchmark("scan2cap", SCAN2CAP, meteor=False)
 
 
 def expected_metrics() -> dict:

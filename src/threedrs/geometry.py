@@ -13,6 +13,7 @@ Every function works on any floating dtype and device; nothing here reads files.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -21,6 +22,7 @@ __all__ = [
     "box_iou_3d",
     "boxes_from_points",
     "depth_to_world",
+    "depth_token_points",
     "grid_footprints",
     "scale_intrinsics",
     "token_world_points",
@@ -235,22 +237,8 @@ def token_world_points(
     if valid.shape != world.shape[:3] or valid.dtype != torch.bool:
         raise ValueError(f"valid: expected a bool tensor of shape {list(world.shape[:3])}, got "
                          f"{valid.dtype} {list(valid.shape)}")
-    if len(image_size) != 2 or any(int(s) != s or s < 1 for s in image_size):
-        raise ValueError(f"image_size: expected (H, W) positive integers, got {image_size}")
-    height, width = int(image_size[0]), int(image_size[1])
-    if footprints.ndim not in (3, 4) or footprints.shape[-1] != 4:
-        raise ValueError(f"footprints: expected shape [h, w, 4] or [S, h, w, 4], got {list(footprints.shape)}")
-    if footprints.is_floating_point() or footprints.dtype == torch.bool:
-        raise ValueError(f"footprints: expected an integer tensor, got {footprints.dtype}")
-    if footprints.ndim == 4 and footprints.shape[0] != frames:
-        raise ValueError(f"footprints: {footprints.shape[0]} frames but world has {frames}")
-    boxes = footprints.to(device=world.device, dtype=torch.int64)
-    x0, y0, x1, y1 = boxes.unbind(-1)
-    if bool((x0 < 0).any() | (y0 < 0).any() | (x1 > width).any() | (y1 > height).any()
-            | (x1 < x0).any() | (y1 < y0).any()):
-        raise ValueError(f"footprints: boxes outside the {height}x{width} image or with x1 < x0 / y1 < y0")
-    x0, x1 = _rescale_edges(x0, width, depth_w), _rescale_edges(x1, width, depth_w)
-    y0, y1 = _rescale_edges(y0, height, depth_h), _rescale_edges(y1, height, depth_h)
+    x0, y0, x1, y1 = (torch.from_numpy(e).to(world.device)
+                      for e in _depth_boxes(footprints, frames, image_size, (depth_h, depth_w)))
 
     # Summed-area table [S, Hd+1, Wd+1, 4] of (x, y, z, 1) over valid pixels, zero first row and column.
     table = torch.zeros(frames, depth_h + 1, depth_w + 1, 4, dtype=torch.float64, device=world.device)
@@ -264,6 +252,95 @@ def token_world_points(
     mean = sums[..., :3] / count.clamp(min=1.0)[..., None]
     mean = torch.where(token_valid[..., None], mean, torch.full_like(mean, float("nan")))
     return mean.to(world.dtype), token_valid
+
+
+def depth_token_points(
+    depth: Tensor, K: Tensor, cam_to_world: Tensor, footprints: Tensor, image_size: tuple[int, int]
+) -> tuple[Tensor, Tensor]:
+    """Mean world point of the valid depth pixels in each token's footprint, straight from the depth maps.
+
+    The same result as ``token_world_points(*depth_to_world(depth, K, cam_to_world), footprints, image_size)``
+    (equal up to float64 rounding) without building the [S, Hd, Wd, 3] world map: the mean of a rigid transform
+    is the transform of the mean, and the mean camera point of a box follows from the box sums of z, u z, v z and
+    the valid count, which are read at the boxes' corners from a summed-area table over the distinct box edges
+    only (float64).
+
+    Args:
+        depth: [S, Hd, Wd] float metres; 0 or non-finite = invalid.
+        K: [3, 3] or [S, 3, 3] float intrinsics of the depth image.
+        cam_to_world: [S, 4, 4] float rigid camera-to-world poses (last row 0 0 0 1), finite.
+        footprints: [h, w, 4] or [S, h, w, 4] int pixel boxes (x0, y0, x1, y1), half-open, in the COLOUR image
+            of size image_size (rescaled to the depth resolution as in `token_world_points`).
+        image_size: (H, W) of the colour image, pixels.
+    Returns:
+        points: [S, h, w, 3] float64 world points (metres); NaN for tokens without valid pixels.
+        valid: [S, h, w] bool, True when the token has at least one valid pixel.
+    """
+    if depth.ndim != 3 or not depth.is_floating_point():
+        raise ValueError(f"depth: expected float metres of shape [S, Hd, Wd], got {depth.dtype} {list(depth.shape)}")
+    frames, depth_h, depth_w = depth.shape
+    _check_intrinsics(K)
+    if K.ndim not in (2, 3) or (K.ndim == 3 and K.shape[0] != frames):
+        raise ValueError(f"K: expected shape [{frames}, 3, 3] or [3, 3], got {list(K.shape)}")
+    _check_matrix("cam_to_world", cam_to_world, 4)
+    if cam_to_world.shape != (frames, 4, 4) or not bool(torch.isfinite(cam_to_world).all()):
+        raise ValueError(f"cam_to_world: expected finite poses of shape [{frames}, 4, 4], got {list(cam_to_world.shape)}")
+    if not bool((cam_to_world[:, 3] == cam_to_world.new_tensor([0.0, 0.0, 0.0, 1.0])).all()):
+        raise ValueError("cam_to_world: expected rigid poses with last row 0 0 0 1")
+    x0, y0, x1, y1 = _depth_boxes(footprints, frames, image_size, (depth_h, depth_w))
+    d = depth.detach().cpu().numpy()
+    valid = (d > 0) & np.isfinite(d)
+    u = np.arange(depth_w, dtype=np.float64)
+    v = np.arange(depth_h, dtype=np.float64)[:, None]
+    sums = np.empty((frames, *x0.shape[1:], 4))  # per token: sum z, sum u z, sum v z, valid count
+    for s in range(frames):
+        xs = np.unique(np.concatenate([x0[s].ravel(), x1[s].ravel(), [0, depth_w]]))
+        ys = np.unique(np.concatenate([y0[s].ravel(), y1[s].ravel(), [0, depth_h]]))
+        z = np.where(valid[s], d[s], 0).astype(np.float64)
+        rows = [np.add.reduceat(x, ys[:-1], axis=0, dtype=np.float64) for x in (z, z * v, valid[s])]  # [ny, Wd]
+        cells = np.stack([np.add.reduceat(x, xs[:-1], axis=1) for x in (rows[0], rows[0] * u, rows[1], rows[2])],
+                         axis=-1)  # [ny, nx, 4] sums of z, u z, v z, valid per cell of the edge grid
+        table = np.zeros((len(ys), len(xs), 4))  # summed-area table at the edge grid, zero first row/column
+        table[1:, 1:] = cells.cumsum(0).cumsum(1)
+        c0, c1 = np.searchsorted(xs, x0[s]), np.searchsorted(xs, x1[s])
+        r0, r1 = np.searchsorted(ys, y0[s]), np.searchsorted(ys, y1[s])
+        sums[s] = table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0]
+    sums_t = torch.from_numpy(sums)
+    count = sums_t[..., 3]
+    token_valid = count > 0.5
+    Kd = K.detach().cpu().double().expand(frames, 3, 3)
+    shape = (frames,) + (1,) * (sums_t.ndim - 2)
+    fx, fy = Kd[:, 0, 0].view(shape), Kd[:, 1, 1].view(shape)
+    cx, cy = Kd[:, 0, 2].view(shape), Kd[:, 1, 2].view(shape)
+    sz, suz, svz = sums_t[..., 0], sums_t[..., 1], sums_t[..., 2]
+    camera = torch.stack([(suz - cx * sz) / fx, (svz - cy * sz) / fy, sz], dim=-1) / count.clamp(min=1.0)[..., None]
+    pose = cam_to_world.detach().cpu().double()
+    world = torch.einsum("sij,s...j->s...i", pose[:, :3, :3], camera) + pose[:, :3, 3].view(*shape, 3)
+    world = torch.where(token_valid[..., None], world, torch.full_like(world, float("nan")))
+    return world, token_valid
+
+
+def _depth_boxes(footprints: Tensor, frames: int, image_size: tuple[int, int],
+                 depth_size: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """Validated colour-pixel footprints rescaled to the depth image: (x0, y0, x1, y1), each [S, h, w] int64."""
+    if len(image_size) != 2 or any(int(s) != s or s < 1 for s in image_size):
+        raise ValueError(f"image_size: expected (H, W) positive integers, got {image_size}")
+    height, width = int(image_size[0]), int(image_size[1])
+    if footprints.ndim not in (3, 4) or footprints.shape[-1] != 4:
+        raise ValueError(f"footprints: expected shape [h, w, 4] or [S, h, w, 4], got {list(footprints.shape)}")
+    if footprints.is_floating_point() or footprints.dtype == torch.bool:
+        raise ValueError(f"footprints: expected an integer tensor, got {footprints.dtype}")
+    if footprints.ndim == 4 and footprints.shape[0] != frames:
+        raise ValueError(f"footprints: {footprints.shape[0]} frames but the depth (world) has {frames}")
+    boxes = footprints.detach().cpu().to(torch.int64)
+    boxes = boxes.expand(frames, *boxes.shape) if boxes.ndim == 3 else boxes
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    if bool((x0 < 0).any() | (y0 < 0).any() | (x1 > width).any() | (y1 > height).any()
+            | (x1 < x0).any() | (y1 < y0).any()):
+        raise ValueError(f"footprints: boxes outside the {height}x{width} image or with x1 < x0 / y1 < y0")
+    depth_h, depth_w = depth_size
+    return (_rescale_edges(x0, width, depth_w).numpy(), _rescale_edges(y0, height, depth_h).numpy(),
+            _rescale_edges(x1, width, depth_w).numpy(), _rescale_edges(y1, height, depth_h).numpy())
 
 
 def voxel_indices(points: Tensor, voxel_size: float) -> Tensor:
@@ -309,13 +386,18 @@ def voxel_keys(points: Tensor, voxel_size: float) -> Tensor:
 
 
 def box_iou_3d(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of axis-aligned 3D boxes (FORMATS §4.1), all pairs.
+    """IoU of axis-aligned 3D boxes (FORMATS §4.1), all pairs, with the official scripts' arithmetic.
+
+    Computed as Video-3D LLM's `box3d_iou` does, operation for operation, so that in float64 it gives the same
+    bits: corners lo = c + (-s/2), hi = c + s/2; inter = max(dx, 0) * max(dy, 0) * max(dz, 0) from the corner
+    overlaps; each volume is the product of its corner differences (not of the sizes);
+    IoU = inter / (vol_a + vol_b - inter + 1e-8).
 
     Args:
         a: [..., N, 6] float [cx, cy, cz, dx, dy, dz], metres, sizes >= 0.
         b: [..., M, 6] float, same layout; leading dims broadcast.
     Returns:
-        [..., N, M] IoU = inter / (vol_a + vol_b - inter + 1e-8).
+        [..., N, M] IoU in the promoted dtype of a and b.
     """
     for name, box in (("a", a), ("b", b)):
         if box.ndim < 2 or box.shape[-1] != 6:
@@ -324,13 +406,17 @@ def box_iou_3d(a: Tensor, b: Tensor) -> Tensor:
             raise ValueError(f"{name}: expected a floating-point tensor, got {box.dtype}")
         if bool((box[..., 3:] < 0).any()):
             raise ValueError(f"{name}: negative box size")
-    lo_a = (a[..., :3] - a[..., 3:] / 2)[..., :, None, :]
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    a, b = a.to(dtype), b.to(dtype)
+    lo_a = (a[..., :3] + -(a[..., 3:] / 2))[..., :, None, :]
     hi_a = (a[..., :3] + a[..., 3:] / 2)[..., :, None, :]
-    lo_b = (b[..., :3] - b[..., 3:] / 2)[..., None, :, :]
+    lo_b = (b[..., :3] + -(b[..., 3:] / 2))[..., None, :, :]
     hi_b = (b[..., :3] + b[..., 3:] / 2)[..., None, :, :]
-    inter = (torch.minimum(hi_a, hi_b) - torch.maximum(lo_a, lo_b)).clamp(min=0).prod(dim=-1)
-    vol_a = a[..., 3:].prod(dim=-1)[..., :, None]
-    vol_b = b[..., 3:].prod(dim=-1)[..., None, :]
+    overlap = (torch.minimum(hi_a, hi_b) - torch.maximum(lo_a, lo_b)).clamp(min=0)
+    inter = overlap[..., 0] * overlap[..., 1] * overlap[..., 2]
+    side_a, side_b = hi_a - lo_a, hi_b - lo_b
+    vol_a = side_a[..., 0] * side_a[..., 1] * side_a[..., 2]
+    vol_b = side_b[..., 0] * side_b[..., 1] * side_b[..., 2]
     return inter / (vol_a + vol_b - inter + 1e-8)
 
 

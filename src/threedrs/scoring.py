@@ -7,7 +7,8 @@ and optionally ``"correspondence"`` ({layer: 3D-awareness score or null}) and ``
 - scanrefer: ``"pred_box"`` and ``"gt_box"`` ([cx, cy, cz, dx, dy, dz] in metres), ``"scores"`` (P + 1 floats);
 - multi3drefer: ``"pred_boxes"`` and ``"gt_boxes"`` (lists of boxes, possibly empty), ``"scores"`` (P + 1 floats);
 - scan2cap: ``"prediction"`` (str, "" when undetected), ``"references"`` (non-empty list of str), ``"detected"``;
-- scanqa: ``"prediction"`` (str), ``"answers"`` (non-empty list of str);
+- scanqa: ``"prediction"`` (str), ``"answers"`` (list of str; empty in every record of a file only for ScanQA's
+  test split, which has no public answers: such a file is reported as unscored);
 - sqa3d: ``"prediction"``, ``"answer"``, ``"question"`` (str).
 Other keys are ignored. Scores are percentages (x100); the metric definitions live in ``threedrs.metrics``.
 Scoring only reads the predictions files (and ``RUN/provenance.json``, whose sample ids every file must match
@@ -98,12 +99,12 @@ _FIELDS: dict[str, dict[str, tuple[Callable[[object], bool], str]]] = {
                      "scores": (lambda v: _is_scores(v, 1), "P + 1 >= 1 finite numbers")},
     "scan2cap": {"prediction": _TEXT, "references": (_is_text_list, "a non-empty list of strings"),
                  "detected": (lambda v: isinstance(v, bool), "true or false")},
-    "scanqa": {"prediction": _TEXT, "answers": (_is_text_list, "a non-empty list of strings")},
+    "scanqa": {"prediction": _TEXT, "answers": (lambda v: v == [] or _is_text_list(v), "a list of strings")},
     "sqa3d": {"prediction": _TEXT, "answer": _TEXT, "question": _TEXT},
 }
 _QUESTION_TYPES: dict[str, tuple[str, ...] | None] = {
-    "scanrefer": SCANREFER_EVAL_TYPES, "multi3drefer": MULTI3DREFER_EVAL_TYPES, "scan2cap": SCANREFER_EVAL_TYPES,
-    "scanqa": None, "sqa3d": SQA3D_QUESTION_TYPES,
+    "scanrefer": SCANREFER_EVAL_TYPES, "multi3drefer": MULTI3DREFER_EVAL_TYPES, "scan2cap": None,  # Scan2Cap's
+    "scanqa": None, "sqa3d": SQA3D_QUESTION_TYPES,  # scores do not depend on ScanRefer's unique/multiple
 }
 
 
@@ -224,6 +225,21 @@ def _checked(benchmark: str, records: Sequence[dict]) -> None:
         seen[record["id"]] = index
 
 
+NO_ANSWERS = "no reference answers (ScanQA's test split is a hidden benchmark): predictions written, not scored"
+
+
+def has_answers(benchmark: str, records: Sequence[dict], where: str) -> bool:
+    """False for a ScanQA file whose records all lack answers (the test split); a file mixing records with and
+    without answers is an error naming ``where`` and the first id without."""
+    if benchmark != "scanqa":
+        return True
+    empty = [r["id"] for r in records if not r["answers"]]
+    if empty and len(empty) < len(records):
+        raise PredictionsError(f"{where}: {len(empty)} of {len(records)} records have no answers (first: id "
+                               f"{empty[0]!r}); a file is either all answered or the unanswered test split")
+    return not empty
+
+
 def score_benchmark(benchmark: str, records: Sequence[dict], meteor: bool | MeteorSession = True) -> dict:
     """The benchmark's standard scores (x100) from its validated records.
 
@@ -241,6 +257,8 @@ def score_benchmark(benchmark: str, records: Sequence[dict], meteor: bool | Mete
             False leaves METEOR out.
     """
     _checked(benchmark, records)
+    if not has_answers(benchmark, records, benchmark):
+        raise PredictionsError(f"{benchmark}: {NO_ANSWERS}")
     ids = [r["id"] for r in records]
     if benchmark == "scanrefer":
         return scanrefer_accuracy([r["pred_box"] for r in records], [r["gt_box"] for r in records],
@@ -374,6 +392,8 @@ def metrics_markdown(name: str, metrics: dict) -> str:
              "## Paper Table 1 layout", "", results_table({name: metrics}), ""]
     for benchmark, result in metrics["benchmarks"].items():
         lines += [f"## {_TITLES.get(benchmark, benchmark)}", "", detail_table(result), ""]
+    for benchmark, reason in metrics.get("unscored", {}).items():
+        lines += [f"## {_TITLES.get(benchmark, benchmark)}", "", f"Not scored: {reason}.", ""]
     return "\n".join(lines)
 
 
@@ -390,16 +410,20 @@ def score_run(run_dir: str | Path, benchmarks: Sequence[str] | str | None = None
         benchmarks: names or "a,b" (default: every predictions file present).
         meteor: compute METEOR (needs Java).
     Returns:
-        ``{"benchmarks": {benchmark: score_benchmark(...)}, "meteor": bool}`` (the content of metrics.json).
+        ``{"benchmarks": {benchmark: score_benchmark(...)}, "meteor": bool}`` (the content of metrics.json), plus
+        ``"unscored": {benchmark: reason}`` for files without reference answers (ScanQA test).
     """
     run = Path(run_dir)
     names = _present_benchmarks(run, parse_benchmarks(benchmarks))
     recorded = recorded_ids(run) or {}
     records = {name: read_predictions(predictions_path(run, name), name, recorded.get(name)) for name in names}
+    unscored = {name: NO_ANSWERS for name in names
+                if not has_answers(name, records[name], str(predictions_path(run, name)))}
+    names = [name for name in names if name not in unscored]
     use_meteor = bool(meteor) and any(name in _CAPTION_BENCHMARKS for name in names)
     with MeteorSession() if use_meteor else contextlib.nullcontext(False) as session:
         results = {name: score_benchmark(name, records[name], meteor=session) for name in names}
-    metrics = {"benchmarks": results, "meteor": use_meteor}
+    metrics = {"benchmarks": results, "meteor": use_meteor} | ({"unscored": unscored} if unscored else {})
     _write_atomic(run / "metrics.json", json.dumps(_json_safe(metrics), indent=2) + "\n")
     _write_atomic(run / "metrics.md", metrics_markdown(run.resolve().name, metrics))
     return metrics
@@ -413,5 +437,7 @@ def main_score(args: argparse.Namespace) -> None:
               "against the benchmark")
     metrics = score_run(run, args.benchmarks, meteor=not args.no_meteor)
     print(results_table({run.resolve().name: metrics}))
+    for benchmark, reason in metrics.get("unscored", {}).items():
+        print(f"{benchmark}: {reason}")
     print(f"Wrote {run / 'metrics.json'} and {run / 'metrics.md'}")
 

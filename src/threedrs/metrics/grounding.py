@@ -4,12 +4,18 @@ Conventions (FORMATS.md §3.6.7, §4.1-§4.4):
 - Boxes are axis-aligned ``[cx, cy, cz, dx, dy, dz]`` in metres, in the scene's aligned frame. Every box must be
   finite with all three sizes > 0; a degenerate box is an input error.
 - Inputs may be tensors, NumPy arrays or nested lists (as json.loads gives them); lists and integer values become
-  float32, floating tensors and arrays keep their dtype. Everything is computed on the CPU.
-- IoU is :func:`threedrs.geometry.box_iou_3d` (``inter / (vol_a + vol_b - inter + 1e-8)``) in that dtype. In
-  float32 the ``1e-8`` is absorbed for union volumes above ~0.1 m^3, so an IoU of exactly 0.25 or 0.5 stays a hit
-  there; in float64 it tips such a tie just below.
+  float64 (the Python floats of a JSON file, as the official scripts read them), floating tensors and arrays keep
+  their dtype. Everything is computed on the CPU.
+- IoU is :func:`threedrs.geometry.box_iou_3d`, Video-3D LLM's `box3d_iou` operation for operation
+  (``inter / (vol_a + vol_b - inter + 1e-8)``). Official parity at ties, for boxes read from JSON (float64):
+  ScanRefer compares the float64 IoU, where the ``1e-8`` tips a tie at exactly 0.25 or 0.5 just below (a miss);
+  Multi3DRefer stores each float64 IoU in a float32 matrix before matching and thresholds, as the official
+  script does, so such a tie is a hit when the union volume exceeds about 0.34 m^3 (the ``1e-8`` then rounds
+  away) and a miss below. Scan2Cap's detection test compares the float64 IoU.
 - Thresholds are inclusive: a hit at k means ``IoU >= k``.
-- Grounding scores come as ``P + 1`` floats: one per proposal, then the learned zero-target entry **last**.
+- Grounding scores come as ``P + 1`` floats: one per proposal, then the learned zero-target entry **last**. The
+  Multi3DRefer rule works on them in float32 (the official script's ``torch.tensor(scores)``) and accumulates the
+  cumulative probability in float32, one proposal after the other, as the official loop does.
 - Reported accuracies and F1 values are percentages (x100). A group with no sample reports NaN with count 0.
 """
 
@@ -48,13 +54,13 @@ THRESHOLDS = (0.25, 0.5)
 
 
 def _to_tensor(name: str, values: Tensor | np.ndarray | Sequence) -> Tensor:
-    """CPU tensor: tensors and arrays keep their dtype; nested lists (as json.loads gives them) become float32."""
+    """CPU tensor: tensors and arrays keep their dtype; nested lists (as json.loads gives them) become float64."""
     if isinstance(values, Tensor):
         return values.detach().cpu()
     if isinstance(values, np.ndarray):
         return torch.from_numpy(values)
     try:
-        return torch.from_numpy(np.asarray(values, dtype=np.float32))
+        return torch.from_numpy(np.asarray(values, dtype=np.float64))
     except (TypeError, ValueError) as error:
         raise ValueError(f"{name}: expected a rectangular array of numbers ({error})") from None
 
@@ -144,27 +150,31 @@ def scanrefer_prediction(scores: Tensor, proposals: Tensor) -> Tensor:
 
 
 def multi3drefer_selection(scores: Tensor, threshold: float = 0.4, temperature: float = 0.07) -> Tensor:
-    """V3D's Multi3DRefer rule (FORMATS §4.3) as a mask over the proposals.
+    """V3D's Multi3DRefer rule (FORMATS §4.3) as a mask over the proposals, computed as the official script does.
 
     Empty when the argmax of all P + 1 scores is the zero-target entry. Otherwise p = softmax(scores / temperature)
-    over all P + 1 entries, the last dropped; proposals sorted by p descending are taken while the cumulative
-    probability of those before them is below ``threshold``, so the one that crosses it is included.
+    over all P + 1 entries (float32), the last dropped; proposals sorted by p descending are taken while the float32
+    running sum of those before them is below ``threshold``, so the one that crosses it is included.
 
     Args:
-        scores: [..., P + 1] float.
+        scores: [..., P + 1] float (cast to float32, as the official ``torch.tensor(scores)`` reads them).
         threshold: cumulative probability to reach, in (0, 1].
         temperature: softmax temperature, > 0.
     Returns:
         [..., P] bool, True for the selected proposals.
     """
-    scores = _as_scores("scores", scores)
+    scores = _as_scores("scores", scores).to(torch.float32)
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold: expected a value in (0, 1], got {threshold}")
     if not temperature > 0.0:
         raise ValueError(f"temperature: expected a positive value, got {temperature}")
     probs = torch.softmax(scores / temperature, dim=-1)[..., :-1]
     sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
-    before = torch.cat([torch.zeros_like(sorted_probs[..., :1]), sorted_probs.cumsum(dim=-1)[..., :-1]], dim=-1)
+    before = torch.empty_like(sorted_probs)
+    running = torch.zeros(sorted_probs.shape[:-1], dtype=sorted_probs.dtype)
+    for k in range(sorted_probs.shape[-1]):  # float32, one addition at a time (torch.cumsum adds in float64)
+        before[..., k] = running
+        running = running + sorted_probs[..., k]
     take_sorted = before < threshold
     take_sorted &= (scores.argmax(dim=-1) != scores.shape[-1] - 1)[..., None]
     return torch.zeros_like(take_sorted).scatter(-1, order, take_sorted)
@@ -274,8 +284,9 @@ def _true_positives(preds: Tensor, num_pred: Tensor, gts: Tensor, num_gt: Tensor
     cols = num_gt[query]
     row = (num_pred.cumsum(0) - num_pred)[query] + local // cols
     col = (num_gt.cumsum(0) - num_gt)[query] + local % cols
-    iou = box_iou_3d(preds.to(dtype)[row][:, None], gts.to(dtype)[col][:, None])[:, 0, 0]
-    best = torch.zeros(queries, dtype=dtype).scatter_reduce(0, query, iou, "amax")
+    # computed in the inputs' dtype (float64 from JSON), then stored in float32 as the official IoU matrix is
+    iou = box_iou_3d(preds.to(dtype)[row][:, None], gts.to(dtype)[col][:, None])[:, 0, 0].to(torch.float32)
+    best = torch.zeros(queries, dtype=iou.dtype).scatter_reduce(0, query, iou, "amax")
     single = ((num_pred == 1) | (num_gt == 1)).numpy()
     for i, k in enumerate(THRESHOLDS):
         tp[single, i] = (best.numpy()[single] >= k).astype(np.float64)
