@@ -52,7 +52,7 @@ def test_evaluate_all_benchmarks_writes_predictions_and_finite_scores(trained):
     result = evaluate(cfg, progress=False)
     for bench in BENCHMARKS:
         lines = (result.run_dir / "predictions" / f"{bench}.jsonl").read_text().splitlines()
-        expected = [s.id for s in load_benchmark(root, bench, "val")[:5]]
+        expected = [s.id for s in load_benchmark(root, bench, "val", cfg.data.label_map)[:5]]
         assert [json.loads(line)["id"] for line in lines] == expected
         first = json.loads(lines[0])
         assert set(first["correspondence"]) == {"-1", "0"}
@@ -111,3 +111,23 @@ def test_bad_checkpoint_and_missing_proposals(trained, tmp_path):
         evaluate(make_config(root, work, f"eval.proposals={empty}", "eval.benchmarks=[scanrefer]"),
                  run_dir=tmp_path / "z", progress=False)
     assert table.is_file()
+
+
+def test_scanqa_test_split_is_predicted_and_reported_unscored(trained, tmp_path):
+    """ScanQA's test files (ScanQA_v1.0_test_w_obj / _wo_obj) have no answers: predictions, then a note."""
+    import shutil
+
+    root, work = trained
+    copy = tmp_path / "rooms"
+    shutil.copytree(root, copy)
+    val = json.loads((copy / "scanqa" / "ScanQA_v1.0_val.json").read_text())
+    unanswered = [{k: v for k, v in r.items() if k not in ("answers",)} for r in val]
+    (copy / "scanqa" / "ScanQA_v1.0_test_w_obj.json").write_text(json.dumps(unanswered[:2]))
+    (copy / "scanqa" / "ScanQA_v1.0_test_wo_obj.json").write_text(json.dumps(
+        [{k: v for k, v in r.items() if not k.startswith("object")} for r in unanswered[2:3]]))
+    cfg = make_config(copy, work, "eval.benchmarks=[scanqa]", "eval.split=test", "eval.probe=false")
+    result = evaluate(cfg, run_dir=tmp_path / "run", progress=False)
+    lines = [json.loads(x) for x in (result.run_dir / "predictions" / "scanqa.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in lines] == [r["question_id"] for r in val[:3]]
+    assert all(r["answers"] == [] and isinstance(r["prediction"], str) for r in lines)
+    assert result.metrics["benchmarks"] == {} and "scanqa" in result.metrics["unscored"]

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from threedrs.data.instances import SceneDataError, read_ply_vertices
-from threedrs.data.scene import Scene, split_scene_ids
+from threedrs.data.scene import Scene, open_scene, split_scene_ids
 from scene_files import write_matrix, write_ply, write_scene
 
 
@@ -96,13 +96,13 @@ def test_truncated_pose_file_is_named(tmp_path):
     frame_dir = write_scene(tmp_path)
     (frame_dir / "00000.txt").write_text("1 0 0 0\n0 1 0 0\n")
     with pytest.raises(SceneDataError, match=r"00000\.txt: expected 16 numbers, found 8"):
-        Scene(tmp_path, "scene0000_00")
+        _ = Scene(tmp_path, "scene0000_00").frame_ids
 
 
 def test_all_invalid_poses_and_empty_frame_list(tmp_path):
     write_scene(tmp_path, poses=[np.full((4, 4), -np.inf)])
     with pytest.raises(SceneDataError, match="no usable frames .1 frames, all with invalid poses"):
-        Scene(tmp_path, "scene0000_00")
+        _ = Scene(tmp_path, "scene0000_00").frame_ids
     write_scene(tmp_path, scene_id="scene0001_00")
     with pytest.raises(SceneDataError, match="empty frame list"):
         Scene(tmp_path, "scene0001_00").load_frames([])
@@ -124,3 +124,66 @@ def test_truncated_mesh_and_bad_aggregation(tmp_path):
 def test_missing_split_list(tmp_path):
     with pytest.raises(SceneDataError, match="scannetv2_train.txt: split list not found"):
         split_scene_ids(tmp_path, "train")
+
+
+def test_missing_axis_alignment_is_an_error_unless_identity_is_chosen(tmp_path):
+    write_scene(tmp_path)
+    meta = tmp_path / "scannet" / "scans" / "scene0000_00" / "scene0000_00.txt"
+    meta.write_text("colorWidth = 8\ncolorHeight = 6\n")
+    with pytest.raises(SceneDataError, match=r"scene0000_00\.txt: no axisAlignment line .*data.axis_alignment=identity"):
+        Scene(tmp_path, "scene0000_00")
+    np.testing.assert_array_equal(Scene(tmp_path, "scene0000_00", "identity").axis_align, np.eye(4))
+    meta.unlink()
+    with pytest.raises(SceneDataError, match=r"scene0000_00\.txt: scan metadata with axisAlignment not found"):
+        Scene(tmp_path, "scene0000_00")
+    np.testing.assert_array_equal(Scene(tmp_path, "scene0000_00", "identity").axis_align, np.eye(4))
+
+
+def test_test_scans_are_found_under_scans_test(tmp_path):
+    write_scene(tmp_path, scene_id="scene0707_00")
+    scans = tmp_path / "scannet" / "scans"
+    (tmp_path / "scannet" / "scans_test").mkdir()
+    (scans / "scene0707_00").rename(tmp_path / "scannet" / "scans_test" / "scene0707_00")
+    scene = Scene(tmp_path, "scene0707_00")
+    assert scene.scan_dir.parent.name == "scans_test" and scene.frame_ids == ["00000", "00020"]
+
+
+def test_principal_point_outside_the_image_is_named(tmp_path):
+    frame_dir = write_scene(tmp_path)  # 6 x 8 colour and depth
+    write_matrix(frame_dir / "depth_intrinsic.txt", np.array([[10.0, 0, 40, 0], [0, 10, 3, 0], [0, 0, 1, 0],
+                                                               [0, 0, 0, 1]]))
+    scene = Scene(tmp_path, "scene0000_00")
+    with pytest.raises(SceneDataError, match=r"depth_intrinsic\.txt: principal point \(40, 3\) lies outside the "
+                                             r"8x6 image 00000\.png"):
+        scene.check_intrinsics("00000")
+    with pytest.raises(SceneDataError, match=r"depth_intrinsic\.txt: principal point"):
+        scene.load_frames(["00000"])
+
+
+def test_a_single_pose_is_read_without_the_whole_scan(tmp_path):
+    frame_dir = write_scene(tmp_path)
+    (frame_dir / "00000.txt").write_text("broken")  # never read: only frame 00020 is asked for
+    scene = Scene(tmp_path, "scene0000_00")
+    assert scene.pose("00020")[0, 3] == 0.5
+    with pytest.raises(SceneDataError, match=r"00010\.txt: frame 00010 of scene0000_00 has an invalid pose"):
+        scene.pose("00010")
+    with pytest.raises(SceneDataError, match=r"no frame '00030'"):
+        scene.pose("00030")
+    assert open_scene(tmp_path, "scene0000_00") is open_scene(tmp_path, "scene0000_00")
+
+
+def test_repeated_seg_groups_keep_the_first_occurrence(tmp_path):
+    """ScanNet issue #51: scene0217_00 lists every segGroup twice, the copies with new objectIds."""
+    import json
+
+    write_scene(tmp_path, scene_id="scene0217_00")
+    agg = tmp_path / "scannet" / "scans" / "scene0217_00" / "scene0217_00.aggregation.json"
+    data = json.loads(agg.read_text())
+    copies = [dict(g, id=g["id"] + 2, objectId=g["objectId"] + 2) for g in data["segGroups"]]
+    data["segGroups"] += copies
+    agg.write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match=r"scene0217_00: 2 segGroup\(s\) of scene0217_00.aggregation.json repeat an "
+                                         r"earlier group \(objectIds 2..3\); kept the first occurrence"):
+        objs = Scene(tmp_path, "scene0217_00").objects
+    assert [(o.object_id, o.label) for o in objs] == [(0, "chair"), (1, "table")]
+    np.testing.assert_allclose(objs[1].box, [2.5, 0.5, 1.0, 1.0, 1.0, 2.0], atol=1e-6)

@@ -42,6 +42,8 @@ class SynthConfig:
     seed: int = 0  # master seed: the same seed gives byte-identical files
     val_fraction: float = 0.25  # fraction of rooms in the val split (at least one)
     invalid_pose_frames: int = 1  # frames per room written with an all -inf pose, as real ScanNet has
+    depth_width: int | None = None  # depth PNG width (ScanNet: 640 with 1296 colour); None = colour width
+    depth_height: int | None = None  # depth PNG height (ScanNet: 480 with 968 colour); None = colour height
 
     def validate(self) -> None:
         _check(self.scenes >= 2, "synth.scenes", "needs at least 2 rooms (one train, one val)")
@@ -50,6 +52,10 @@ class SynthConfig:
         _check(self.width >= 16, "synth.width", "images must be at least 16x16")
         _check(self.height >= 16, "synth.height", "images must be at least 16x16")
         _check(_finite(self.val_fraction) and 0.0 < self.val_fraction < 1.0, "synth.val_fraction", "must lie in (0, 1)")
+        _check((self.depth_width is None) == (self.depth_height is None), "synth.depth_width/depth_height",
+               "set both or neither")
+        _check(self.depth_width is None or (self.depth_width >= 16 and self.depth_height >= 16),
+               "synth.depth_width/depth_height", "depth images must be at least 16x16")
         _check(0 <= self.invalid_pose_frames < self.frames, "synth.invalid_pose_frames",
                "must be >= 0 and smaller than synth.frames")
 
@@ -63,11 +69,24 @@ class DataConfig:
     sampling: Literal["uniform", "max_coverage"] = "uniform"  # frame rule shared by teacher and student
     coverage_voxel: float = 0.1  # voxel size in metres for max_coverage sampling
     split: Literal["train", "val"] = "val"  # split used by probe / eval commands
+    # where a scene's candidate frames come from: all = every exported frame with a valid pose; embodiedscan =
+    # EmbodiedScan's image list of the scene (data.embodiedscan_images); select_frames = Video-3D LLM's
+    # max-coverage selection (data.select_frames, needs data.sampling=max_coverage)
+    frame_source: Literal["all", "embodiedscan", "select_frames"] = "all"
+    embodiedscan_images: str = "metadata/embodiedscan_images.json"  # EmbodiedScan image lists as JSON (README)
+    select_frames: str = "metadata/scannet_select_frames.json"  # Video-3D LLM's max-coverage frame file
+    coverage_ratio: float = 1.0  # select_frames: keep frames until this share of voxels is covered (V3D: 0.9/0.95)
+    label_map: str = "scannet/scannetv2-labels.combined.tsv"  # ScanNet label table for ScanRefer unique/multiple
+    axis_alignment: Literal["required", "identity"] = "required"  # a scan without axisAlignment: error / identity
 
     def validate(self) -> None:
         _check(self.frames >= 1, "data.frames", "must be at least 1")
         _check(_finite(self.coverage_voxel) and self.coverage_voxel > 0, "data.coverage_voxel",
                "must be a positive number of metres")
+        _check(_finite(self.coverage_ratio) and 0 < self.coverage_ratio <= 1, "data.coverage_ratio",
+               "must lie in (0, 1]")
+        _check(self.frame_source != "select_frames" or self.sampling == "max_coverage", "data.frame_source",
+               "select_frames is Video-3D LLM's max-coverage selection: set data.sampling=max_coverage too")
 
 
 @dataclass

@@ -50,7 +50,8 @@ def eval_record(cfg: ExperimentConfig, checkpoint: dict, samples: dict[str, list
     for bench, items in samples.items():
         for scene_id in sorted({s.scene_id for s in items}):
             if scene_id not in scene_digest:
-                files = Scene(root, scene_id).source_files(frame_lists(scene_id), objects=True)
+                scene = Scene(root, scene_id, cfg.data.axis_alignment)
+                files = scene.source_files(frame_lists(scene_id), objects=True)
                 scene_digest[scene_id] = digest(fingerprint_files(files, root))
         benchmarks[bench] = {
             "split": e.split, "limit": e.limit, "ids": [s.id for s in items],

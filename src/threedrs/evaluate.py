@@ -10,7 +10,8 @@ Grounding (ScanRefer, Multi3DRefer) scores the detector proposals of `eval.propo
 head and applies V3D's prediction rules; Scan2Cap, ScanQA and SQA3D generate greedily (Scan2Cap's prompt box is
 the best proposal with IoU >= 0.5 to the object; without one the caption is empty). With `eval.probe` every
 line also records the sample's 3D-awareness score at `eval.probe_layers` (the correlation study). Scores are
-computed from the files by `threedrs.scoring.score_run`, the same code `threedrs score` runs.
+computed from the files by `threedrs.scoring.score_run`, the same code `threedrs score` runs. Every check scoring
+would make on the data runs before the model is built (`threedrs.data.preflight.prepare_evaluation`).
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from threedrs.align.saved_heads import HEAD_PREFIXES, META_FILE, check_export_se
 from threedrs.align.task import AlignTask, Batch
 from threedrs.checkpoint import model_sha256, newest_checkpoint, read_model_weights
 from threedrs.config import ConfigError, ExperimentConfig
-from threedrs.data.dataset import (Candidates, SceneSampleDataset, collate, read_box_table,
-                                   scene_object_boxes)
+from threedrs.data.dataset import Candidates, SceneSampleDataset, collate
 from threedrs.data.instances import SceneDataError
+from threedrs.data.preflight import BenchmarkInputs, prepare_evaluation
 from threedrs.data.tasks import load_benchmark
 from threedrs.eval_folder import eval_record, open_eval
 from threedrs.locking import FileLock
@@ -182,7 +183,8 @@ def _probe(cfg: ExperimentConfig, hidden: dict[int, torch.Tensor], batch: Batch,
     return {"correspondence": out, "pairs": pairs}
 
 
-def _grounding_records(task: AlignTask, cfg: ExperimentConfig, batch: Batch, gt: dict) -> list[dict]:
+def _grounding_records(task: AlignTask, cfg: ExperimentConfig, batch: Batch, gt: dict,
+                       proposals: dict[str, torch.Tensor]) -> list[dict]:
     from threedrs.metrics.grounding import multi3drefer_prediction, scanrefer_prediction
 
     adapter = task.adapter
@@ -192,7 +194,7 @@ def _grounding_records(task: AlignTask, cfg: ExperimentConfig, batch: Batch, gt:
                   answer_loss=[False] * len(batch.ids))
     records = []
     for i, (sid, task_name) in enumerate(zip(batch.ids, batch.tasks)):
-        proposals = batch.boxes[i]
+        scene_boxes = proposals[batch.scene_ids[i]]  # float64, as in the table: predictions keep its values
         scores = task.grounding(task.ground_query(out, i), task.candidate_features(batch, out, offsets, i)).float()
         ids, boxes = gt[batch.scene_ids[i]]
         sample = batch.samples[i]
@@ -200,9 +202,9 @@ def _grounding_records(task: AlignTask, cfg: ExperimentConfig, batch: Batch, gt:
         rec = {"id": sid, "scene_id": sample.scene_id, "question_type": sample.question_type,
                "scores": scores.tolist()}
         if task_name == "scanrefer":
-            rec |= {"pred_box": scanrefer_prediction(scores, proposals).tolist(), "gt_box": targets[0]}
+            rec |= {"pred_box": scanrefer_prediction(scores, scene_boxes).tolist(), "gt_box": targets[0]}
         else:
-            rec |= {"pred_boxes": multi3drefer_prediction(scores, proposals).tolist(), "gt_boxes": targets}
+            rec |= {"pred_boxes": multi3drefer_prediction(scores, scene_boxes).tolist(), "gt_boxes": targets}
         if cfg.eval.probe:
             rec |= _probe(cfg, out.visual.hidden, batch, i)
         records.append(rec)
@@ -247,37 +249,33 @@ def evaluate(cfg: ExperimentConfig, run_dir: str | Path | None = None, progress:
 
     e = cfg.eval
     run = Path(run_dir) if run_dir is not None else Path(cfg.output_dir) / "eval"
-    root = Path(cfg.data.root)
+    frame_lists = frame_lists_for(cfg)
+    inputs = prepare_evaluation(cfg, frame_lists, progress)  # every data check before the model is built
     checkpoint = resolve_checkpoint(cfg)
     placement = inference_placement(cfg.model, compute_device())  # dtype and device checks before any work
     identity = checkpoint_identity(cfg, checkpoint)
-    proposals = read_box_table(root / e.proposals)
-    frame_lists = frame_lists_for(cfg)
-    by_bench = {bench: load_benchmark(root, bench, e.split)[: e.limit] for bench in e.benchmarks}
-    for bench, samples in by_bench.items():
-        missing = sorted({s.scene_id for s in samples} - set(proposals))
-        if missing and bench in GROUNDING + ("scan2cap",):
-            raise SceneDataError(f"{root / e.proposals}: no proposals for scene(s) {', '.join(missing[:10])}")
+    by_bench = {prepared.task: prepared.samples for prepared in inputs.benchmarks}
     open_eval(run, eval_record(cfg, identity, by_bench, frame_lists), overwrite)
     task = load_task(cfg, checkpoint, placement)
     torch.manual_seed(cfg.seed)
-    for bench, samples in by_bench.items():
-        with PredictionsFile(run / "predictions" / f"{bench}.jsonl") as out:
-            _evaluate_benchmark(task, cfg, bench, samples, out, proposals, frame_lists, progress)
+    for prepared in inputs.benchmarks:
+        with PredictionsFile(run / "predictions" / f"{prepared.task}.jsonl") as out:
+            _evaluate_benchmark(task, cfg, prepared, out, inputs.proposals.boxes, frame_lists, progress)
     metrics = score_run(run, benchmarks=list(e.benchmarks), meteor=e.meteor)
     return EvalResult(run, metrics)
 
 
-def _evaluate_benchmark(task: AlignTask, cfg: ExperimentConfig, bench: str, samples: list, out: PredictionsFile,
+def _evaluate_benchmark(task: AlignTask, cfg: ExperimentConfig, prepared: BenchmarkInputs, out: PredictionsFile,
                         proposals: dict, frame_lists, progress: bool) -> None:
     """Predict the samples of one benchmark that ``out`` does not hold yet, appending batch by batch."""
     e = cfg.eval
     root = Path(cfg.data.root)
+    bench, samples, gt = prepared.task, prepared.samples, prepared.objects
     pending = [s for s in samples if s.id not in out.done]
     scenes = sorted({s.scene_id for s in samples})
-    gt = scene_object_boxes(root, scenes)
     cands = {s: Candidates(proposals[s], None) for s in scenes if s in proposals}
-    dataset = SceneSampleDataset(pending, root, frame_lists, task.adapter.footprints, cands, gt)
+    dataset = SceneSampleDataset(pending, root, frame_lists, task.adapter.footprints, cands, gt,
+                                 axis_alignment=cfg.data.axis_alignment)
     device = task.adapter.model.get_input_embeddings().weight.device  # the batch goes where the model is
     bar = tqdm(total=len(samples), initial=len(samples) - len(pending), desc=f"eval {bench}", unit="sample",
                disable=not progress)
@@ -286,7 +284,7 @@ def _evaluate_benchmark(task: AlignTask, cfg: ExperimentConfig, bench: str, samp
             chunk = list(range(start, min(start + e.batch_size, len(pending))))
             batch = collate([dataset[k] for k in chunk]).to(device)
             if bench in GROUNDING:
-                records = _grounding_records(task, cfg, batch, gt)
+                records = _grounding_records(task, cfg, batch, gt, proposals)
             else:
                 records = _generation_records(task, cfg, batch)
             out.append(records)
@@ -308,14 +306,14 @@ def write_chance_predictions(cfg: ExperimentConfig, run_dir: str | Path, seed: i
     run = Path(run_dir)
     root = Path(cfg.data.root)
     gen = torch.Generator().manual_seed(seed)
-    proposals = read_box_table(root / e.proposals)
-    by_bench = {bench: load_benchmark(root, bench, e.split)[: e.limit] for bench in e.benchmarks}
+    inputs = prepare_evaluation(cfg, None)
+    by_bench = {prepared.task: prepared.samples for prepared in inputs.benchmarks}
     open_eval(run, eval_record(cfg, {"policy": "chance", "seed": seed}, by_bench, frame_lists_for(cfg)))
-    for bench, samples in by_bench.items():
-        gt = scene_object_boxes(root, sorted({s.scene_id for s in samples}))
-        pool = sorted({a for s in load_benchmark(root, bench, "train") for a in s.answers})
+    for prepared in inputs.benchmarks:
+        bench = prepared.task
+        pool = sorted({a for s in load_benchmark(root, bench, "train", cfg.data.label_map) for a in s.answers})
         with PredictionsFile(run / "predictions" / f"{bench}.jsonl") as out:
-            _append_chance(out, bench, samples, gt, pool, proposals, gen)
+            _append_chance(out, bench, prepared.samples, prepared.objects, pool, inputs.proposals.boxes, gen)
     return score_run(run, benchmarks=list(e.benchmarks), meteor=e.meteor)
 
 
@@ -328,8 +326,8 @@ def _append_chance(out: PredictionsFile, bench: str, samples: list, gt: dict, po
     for s in samples:
         if s.id in out.done:
             continue
-        ids, boxes = gt[s.scene_id]
-        targets = [boxes[ids.index(t)] for t in s.target_ids]
+        ids, boxes = gt.get(s.scene_id, ([], None))  # objects are loaded for grounding and captioning
+        targets = [boxes[ids.index(t)] for t in s.target_ids if t in ids]
         rec = {"id": s.id, "scene_id": s.scene_id, "question_type": s.question_type}
         guess = pool[int(torch.randint(len(pool), (1,), generator=gen))] if pool else ""
         if bench in GROUNDING:

@@ -209,7 +209,7 @@ def extract(cfg: ExperimentConfig, scenes: list[str] | None = None, overwrite: b
         warnings.warn(f"teacher {teacher.name!r} is multi-view but sees the {cfg.data.frames} frames of a scene in "
                       f"batches of {cfg.teacher.batch_frames}: frames only attend within a batch; set "
                       f"teacher.batch_frames >= {cfg.data.frames} to match the paper", stacklevel=2)
-    first_scene = Scene(root, scene_ids[0])
+    first_scene = Scene(root, scene_ids[0], cfg.data.axis_alignment)
     source_grid = teacher.grid_for(*first_scene.load_frame(first_scene.frame_ids[0]).color.shape[:2])
     writer = CacheWriter(cfg.teacher.cache_dir, spec, source_grid, write_manifest=rank == 0)
     frame_lists = frame_lists_for(cfg)
@@ -234,7 +234,7 @@ def extract(cfg: ExperimentConfig, scenes: list[str] | None = None, overwrite: b
                 bar.write(f"{writer.path(scene_id)}: its source files changed since extraction "
                           f"({names(writer.changed(scene_id, root, verify), 3)}), extracting again")
                 summary.stale.append(scene_id)
-            scene = Scene(root, scene_id)
+            scene = Scene(root, scene_id, cfg.data.axis_alignment)
             sources = fingerprint_files(scene.source_files(frame_ids), root, verify)
             batch = scene.load_frames(frame_ids)
             tokens, valid, native = encode_scene(teacher, batch, spec.grid, cfg.teacher.batch_frames, device, dtype)

@@ -164,7 +164,7 @@ def probe_teacher(cfg: ExperimentConfig, scenes: list[str] | None = None) -> Pro
     scores = []
     for scene_id in tqdm(scene_ids, desc=f"probe {teacher.name}", unit="scene"):
         frame_ids = frame_lists(scene_id)
-        batch = Scene(root, scene_id).load_frames(frame_ids)
+        batch = Scene(root, scene_id, cfg.data.axis_alignment).load_frames(frame_ids)
         if cache is not None and scene_id in cache:
             cached = cache.load(scene_id, frame_ids)
             features, valid, source = cached.tokens, cached.valid, "cache"
@@ -295,7 +295,7 @@ def probe_model(cfg: ExperimentConfig, scenes: list[str] | None = None, progress
     rows, results, grid = [], {k: [] for k in p.layers}, None
     for scene_id in tqdm(scene_ids, desc=f"probe {adapter.family}", unit="scene", disable=not progress):
         frame_ids = frame_lists(scene_id)
-        batch = Scene(root, scene_id).load_frames(frame_ids)
+        batch = Scene(root, scene_id, cfg.data.axis_alignment).load_frames(frame_ids)
         height, width = batch.images.shape[-2:]
         world, depth_valid = depth_to_world(batch.depth.double(), batch.depth_K, batch.poses)
         points, valid = token_world_points(world, depth_valid, adapter.footprints(height, width), (height, width))

@@ -138,7 +138,8 @@ def check_run_data(out: Path, cfg: ExperimentConfig, cache, frame_lists: Callabl
 
     root = Path(cfg.data.root)
     record = _record(cfg)
-    scenes = {s: digest(fingerprint_files(Scene(root, s).source_files(frame_lists(s), objects=True), root))
+    policy = cfg.data.axis_alignment
+    scenes = {s: digest(fingerprint_files(Scene(root, s, policy).source_files(frame_lists(s), objects=True), root))
               for s in scene_ids}
     record["data"] = {"annotations": {p.relative_to(root).as_posix(): file_sha256(p) for task in cfg.train.tasks
                                       for p in benchmark_paths(root, task, "train")}, "scenes": scenes}

@@ -205,7 +205,9 @@ def _train(cfg: ExperimentConfig, resume: bool, progress: bool, overwrite: bool,
     from transformers import get_cosine_schedule_with_warmup
 
     from threedrs.data.dataset import build_training_data
+    from threedrs.data.preflight import prepare_training
     from threedrs.models.registry import build_adapter
+    from threedrs.teachers.cache import frame_lists_for
 
     t = cfg.train
     out = Path(cfg.output_dir)
@@ -227,8 +229,9 @@ def _train(cfg: ExperimentConfig, resume: bool, progress: bool, overwrite: bool,
     checkpoint = out / "checkpoints" / f"step_{step:06d}" if step else None
     state = verify_checkpoint(checkpoint, hash_files=False) if checkpoint is not None else None
     set_seed(cfg.seed)
-    adapter = build_adapter(cfg.model, placement)
-    data = build_training_data(cfg, adapter)
+    inputs = prepare_training(cfg, frame_lists_for(cfg), progress=progress and accelerator.is_main_process)
+    adapter = build_adapter(cfg.model, placement)  # only after the whole training set passed its checks
+    data = build_training_data(cfg, adapter, inputs=inputs)
     scenes = sorted({s.scene_id for s in data.dataset.samples})
     main_decides(accelerator, lambda: check_run_data(out, cfg, data.dataset.cache, data.dataset.frame_lists,
                                                      scenes) or 0)

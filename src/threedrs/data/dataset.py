@@ -4,7 +4,8 @@ Each item is one `Sample` with the S frames of its scene (the SAME frame list th
 on: `FrameLists` file shared with `threedrs extract`), the world point of each visual token (depth unprojection
 averaged over the adapter's token footprints), the cached teacher tokens, and the candidate boxes of the scene
 (ground-truth objects in training; detector proposals at evaluation). Nothing heavy is kept between items: frames
-are decoded and teacher files memory-mapped per item, so data-loader workers stay small.
+are decoded and teacher files memory-mapped per item, so data-loader workers stay small; a scene's small facts
+(intrinsics, alignment, the poses of its listed frames) are read once per process (`open_scene`).
 
 A sample whose scene is missing from the teacher cache is an error at start-up that lists the missing scenes.
 """
@@ -12,7 +13,7 @@ A sample whose scene is missing from the teacher cache is an error at start-up t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,35 +22,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from threedrs.data.instances import SceneDataError, read_json
+from threedrs.data.instances import SceneDataError
+from threedrs.data.preflight import BenchmarkInputs, prepare_training
 from threedrs.data.sampling import FrameLists, first_views
-from threedrs.data.scene import Scene
-from threedrs.data.tasks import Sample, load_benchmark
-from threedrs.geometry import depth_to_world, token_world_points
-
-
-def read_box_table(path: Path) -> dict[str, Tensor]:
-    """A V3D box table `{"scannet/<scene>": [[cx, cy, cz, dx, dy, dz], ...]}` -> scene id -> [P, 6] float32."""
-    raw = read_json(path, "box table")
-    if not isinstance(raw, dict):
-        raise SceneDataError(f"{path}: expected a mapping of scene -> boxes")
-    out = {}
-    for key, boxes in raw.items():
-        t = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 6)
-        if t.numel() and (t[:, 3:] <= 0).any():
-            raise SceneDataError(f"{path}: scene {key} has a box with a non-positive size")
-        out[key.split("/")[-1]] = t
-    return out
-
-
-def scene_object_boxes(root: Path, scene_ids: Sequence[str]) -> dict[str, tuple[list[int], Tensor]]:
-    """Ground-truth objects per scene from the instance files: (object ids, boxes [K, 6] float32)."""
-    out = {}
-    for scene_id in scene_ids:
-        objs = Scene(root, scene_id).objects
-        boxes = np.stack([o.box for o in objs]) if objs else np.zeros((0, 6))
-        out[scene_id] = ([o.object_id for o in objs], torch.from_numpy(boxes).float())
-    return out
+from threedrs.data.scene import Scene, open_scene
+from threedrs.data.tasks import Sample
+from threedrs.geometry import depth_token_points
 
 
 @dataclass
@@ -70,8 +48,9 @@ class SceneSampleDataset(Dataset):
 
     def __init__(self, samples: list[Sample], root: str | Path, frame_lists: FrameLists,
                  footprints: Callable[[int, int], Tensor], candidates: dict[str, Candidates],
-                 gt_boxes: dict[str, tuple[list[int], Tensor]], cache=None):
+                 gt_boxes: dict[str, tuple[list[int], Tensor]], cache=None, axis_alignment: str = "required"):
         self.samples, self.root, self.frame_lists = samples, Path(root), frame_lists
+        self.axis_alignment = axis_alignment
         self.footprints, self.candidates, self.gt_boxes, self.cache = footprints, candidates, gt_boxes, cache
         scenes = sorted({s.scene_id for s in samples})
         for scene_id in scenes:
@@ -88,17 +67,16 @@ class SceneSampleDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
-        scene = Scene(self.root, sample.scene_id)
+        scene = open_scene(self.root, sample.scene_id, self.axis_alignment)
         frame_ids = self.frame_lists(sample.scene_id)
         batch = scene.load_frames(frame_ids)
         height, width = batch.images.shape[-2:]
-        world, valid = depth_to_world(batch.depth.double(), batch.depth_K, batch.poses)
-        points, token_valid = token_world_points(world, valid, self.footprints(height, width), (height, width))
+        points, token_valid = depth_token_points(batch.depth, batch.depth_K, batch.poses,
+                                                 self.footprints(height, width), (height, width))
         item = {"sample": sample, "frames": batch.images, "token_points": torch.nan_to_num(points).float(),
                 "token_valid": token_valid, "first_view": first_views(frame_ids)}
         cand = self.candidates.get(sample.scene_id)
-        boxes = cand.boxes if cand is not None else torch.zeros(0, 6)
-        item["boxes"] = boxes
+        item["boxes"] = cand.boxes.float() if cand is not None else torch.zeros(0, 6)  # the model's dtype
         item["target_ids"] = self._target_indices(sample, cand)
         item["coord_box"] = self._coord_box(sample, cand)
         if self.cache is not None:
@@ -127,11 +105,11 @@ class SceneSampleDataset(Dataset):
             raise SceneDataError(f"sample {sample.id}: object {sample.target_ids[0]} not in scene {sample.scene_id}")
         box = gt[ids.index(sample.target_ids[0])]
         if cand is None or cand.object_ids is not None:
-            return box
+            return box.float()
         from threedrs.metrics.grounding import best_proposal
 
         best, _ = best_proposal(box, cand.boxes, min_iou=0.5) if len(cand.boxes) else (None, 0.0)
-        return nan if best is None else cand.boxes[best]
+        return nan if best is None else cand.boxes[best].float()
 
 
 def collate(items: list[dict]):
@@ -162,21 +140,20 @@ class TrainingData:
     teacher_channels: int | None
 
 
-def build_training_data(cfg, adapter, split: str = "train") -> TrainingData:
-    """Samples of cfg.train.tasks on `split`, frames from the cache's frame lists, teacher features when the
-    alignment loss needs them (refusing a cache that does not match the config)."""
+def build_training_data(cfg, adapter, split: str = "train", inputs: BenchmarkInputs | None = None) -> TrainingData:
+    """Samples of cfg.train.tasks on `split` (`inputs`: already loaded and checked by
+    `threedrs.data.preflight.prepare_training`, else loaded and checked now), frames from the cache's frame lists,
+    teacher features when the alignment loss needs them (refusing a cache that does not match the config)."""
     from threedrs.teachers.cache import CacheSpec, FeatureCache, frame_lists_for
 
     root = Path(cfg.data.root)
-    samples = [s for task in cfg.train.tasks for s in load_benchmark(root, task, split)]
-    if not samples:
-        raise SceneDataError(f"{root}: no {split} samples for tasks {cfg.train.tasks}")
+    inputs = prepare_training(cfg, frame_lists_for(cfg), split) if inputs is None else inputs
+    samples, gt = inputs.samples, inputs.objects
     scenes = sorted({s.scene_id for s in samples})
-    gt = scene_object_boxes(root, scenes)
     candidates = {s: Candidates(boxes, ids) for s, (ids, boxes) in gt.items()}
     cache, channels = None, None
     if cfg.align.loss not in ("none", "correspondence"):
-        first = Scene(root, scenes[0])
+        first = Scene(root, scenes[0], cfg.data.axis_alignment)
         height, width = first.load_frame(first.frame_ids[0]).color.shape[:2]
         grid = tuple(adapter.token_grid(height, width))
         if cfg.teacher.grid is None:
@@ -186,5 +163,6 @@ def build_training_data(cfg, adapter, split: str = "train") -> TrainingData:
                                  f"{list(grid)} for {width}x{height} frames; extract with teacher.grid={list(grid)}")
         cache = FeatureCache(cfg.teacher.cache_dir, expected=CacheSpec.from_config(cfg))
         channels = int(cache.manifest["channels"])
-    dataset = SceneSampleDataset(samples, root, frame_lists_for(cfg), adapter.footprints, candidates, gt, cache)
+    dataset = SceneSampleDataset(samples, root, frame_lists_for(cfg), adapter.footprints, candidates, gt, cache,
+                                 cfg.data.axis_alignment)
     return TrainingData(dataset, collate, channels)

@@ -8,6 +8,9 @@ Rules (METHOD.md, FORMATS.md §1.8):
   voxel, the remaining slots are filled uniformly from the unused frames; the chosen frames are returned in
   temporal order.
 
+The rule chooses among a scene's candidate frames (`threedrs.data.frame_sources`: all valid frames, EmbodiedScan's
+image list, or Video-3D LLM's max-coverage file, which is already a selection and bypasses the rule).
+
 `FrameLists` computes the list of each scene once and stores it in a JSON file, so that `threedrs extract` (the
 teacher) and the training dataset (the student) read the very same frames — the authors' release sampled them
 twice, from different lists.
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from threedrs.data.frame_sources import FrameSource
 from threedrs.data.instances import SceneDataError
 from threedrs.data.scene import Scene, read_depth
 from threedrs.geometry import depth_to_world, voxel_keys
@@ -67,12 +71,15 @@ def frame_voxels(scene: Scene, frame_id: str, voxel_size: float, stride: int = 4
     return torch.unique(voxel_keys(world[valid], voxel_size)).numpy()
 
 
-def max_coverage_indices(scene: Scene, k: int, voxel_size: float = 0.1) -> list[int]:
-    """Indices into `scene.frame_ids` chosen by maximum voxel coverage, `k` of them, in temporal order."""
-    n = len(scene.frame_ids)
+def max_coverage_indices(scene: Scene, k: int, voxel_size: float = 0.1,
+                         candidates: list[str] | None = None) -> list[int]:
+    """Indices into `candidates` (default `scene.frame_ids`) chosen by maximum voxel coverage, `k` of them, in
+    temporal order."""
+    candidates = scene.frame_ids if candidates is None else candidates
+    n = len(candidates)
     if k >= n:
         return uniform_indices(n, k)
-    sets = [frame_voxels(scene, f, voxel_size) for f in scene.frame_ids]
+    sets = [frame_voxels(scene, f, voxel_size) for f in candidates]
     chosen = greedy_coverage(sets, k)
     if len(chosen) < k:
         unused = [i for i in range(n) if i not in chosen]
@@ -80,15 +87,18 @@ def max_coverage_indices(scene: Scene, k: int, voxel_size: float = 0.1) -> list[
     return sorted(chosen)
 
 
-def select_frames(scene: Scene, rule: str, k: int, voxel_size: float = 0.1) -> list[str]:
-    """The `k` frame ids of `scene` chosen by `rule` ("uniform" or "max_coverage")."""
+def select_frames(scene: Scene, rule: str, k: int, voxel_size: float = 0.1,
+                  candidates: list[str] | None = None) -> list[str]:
+    """The `k` frame ids chosen by `rule` ("uniform" or "max_coverage") among `candidates` (default: all valid
+    frames of `scene`)."""
+    candidates = scene.frame_ids if candidates is None else candidates
     if rule == "uniform":
-        idx = uniform_indices(len(scene.frame_ids), k)
+        idx = uniform_indices(len(candidates), k)
     elif rule == "max_coverage":
-        idx = max_coverage_indices(scene, k, voxel_size)
+        idx = max_coverage_indices(scene, k, voxel_size, candidates)
     else:
         raise ValueError(f"rule: unknown frame sampling rule {rule!r}; known: {', '.join(RULES)}")
-    return [scene.frame_ids[i] for i in idx]
+    return [candidates[i] for i in idx]
 
 
 def first_views(frame_ids: list[str]) -> torch.Tensor:
@@ -106,17 +116,21 @@ def first_views(frame_ids: list[str]) -> torch.Tensor:
 
 
 class FrameLists:
-    """The frame list of every scene for one (rule, k), computed once and kept in a JSON file.
+    """The frame list of every scene for one (source, rule, k), computed once and kept in a JSON file.
 
-    path: JSON file `{"rule": ..., "frames": k, "voxel": ..., "scenes": {scene_id: [frame ids]}}`; created or
-    extended on demand; a file written for another rule or k is refused.
+    path: JSON file `{"rule": ..., "frames": k, "voxel": ..., "source": ..., "scenes": {scene_id: [frame ids]}}`;
+    created or extended on demand; a file written for another source, rule or k is refused.
+    source: the candidate frames (default: all valid frames); axis_alignment: the scenes' alignment policy.
     """
 
-    def __init__(self, path: str | Path, root: str | Path, rule: str, k: int, voxel_size: float = 0.1):
+    def __init__(self, path: str | Path, root: str | Path, rule: str, k: int, voxel_size: float = 0.1,
+                 source: FrameSource | None = None, axis_alignment: str = "required"):
         if rule not in RULES:
             raise ValueError(f"rule: unknown frame sampling rule {rule!r}; known: {', '.join(RULES)}")
         self.path, self.root = Path(path), Path(root)
         self.rule, self.k, self.voxel_size = rule, k, voxel_size
+        self.source = FrameSource() if source is None else source
+        self.axis_alignment = axis_alignment
         self._lists: dict[str, list[str]] = self._read() if self.path.is_file() else {}
 
     def _read(self) -> dict[str, list[str]]:
@@ -129,10 +143,11 @@ class FrameLists:
         if not isinstance(data, dict) or not isinstance(data.get("scenes"), dict):
             raise SceneDataError(f"{self.path}: expected a mapping with a 'scenes' mapping; delete it to compute "
                                  f"the frame lists again")
-        stored = (data.get("rule"), data.get("frames"), data.get("voxel"))
-        if stored != (self.rule, self.k, self.voxel_size):
+        stored = (data.get("rule"), data.get("frames"), data.get("voxel"), data.get("source", "all"))
+        if stored != (self.rule, self.k, self.voxel_size, self.source.kind):
             raise SceneDataError(f"{self.path}: frame lists were made for rule={stored[0]}, frames={stored[1]}, "
-                                 f"voxel={stored[2]}, not rule={self.rule}, frames={self.k}, voxel={self.voxel_size}")
+                                 f"voxel={stored[2]}, source={stored[3]}, not rule={self.rule}, frames={self.k}, "
+                                 f"voxel={self.voxel_size}, source={self.source.kind}")
         for scene_id, ids in data["scenes"].items():
             if not isinstance(ids, list) or not ids or not all(isinstance(f, str) for f in ids):
                 raise SceneDataError(f"{self.path}: scene {scene_id!r} must map to a non-empty list of frame ids")
@@ -142,8 +157,12 @@ class FrameLists:
         """The frame ids of a scene (computed and saved on first request)."""
         scene_id = scene if isinstance(scene, str) else scene.scene_id
         if scene_id not in self._lists:
-            obj = Scene(self.root, scene_id) if isinstance(scene, str) else scene
-            self._lists[scene_id] = select_frames(obj, self.rule, self.k, self.voxel_size)
+            obj = Scene(self.root, scene_id, self.axis_alignment) if isinstance(scene, str) else scene
+            if self.source.kind == "select_frames":
+                self._lists[scene_id] = self.source.selection(obj, self.k)
+            else:
+                candidates = self.source.candidates(obj)
+                self._lists[scene_id] = select_frames(obj, self.rule, self.k, self.voxel_size, candidates)
             self._save()
         return self._lists[scene_id]
 
@@ -156,5 +175,15 @@ class FrameLists:
                 self._lists = {**self._read(), **self._lists}
             tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
             tmp.write_text(json.dumps({"rule": self.rule, "frames": self.k, "voxel": self.voxel_size,
-                                       "scenes": self._lists}, indent=1))
+                                       "source": self.source.kind, "scenes": self._lists}, indent=1))
             tmp.replace(self.path)
+
+
+def frame_lists_from_config(data, path: str | Path) -> FrameLists:
+    """The FrameLists of a `DataConfig` (`data.*`: root, frame_source and its files, sampling, frames, voxel,
+    axis_alignment) kept in `path`; the source files are relative to `data.root` unless absolute."""
+    root = Path(data.root)
+    files = {"embodiedscan": data.embodiedscan_images, "select_frames": data.select_frames}
+    source = FrameSource(data.frame_source, root / files[data.frame_source] if data.frame_source in files else None,
+                         data.coverage_ratio)
+    return FrameLists(path, root, data.sampling, data.frames, data.coverage_voxel, source, data.axis_alignment)

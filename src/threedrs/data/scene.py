@@ -4,8 +4,9 @@ Layout under a dataset root (FORMATS.md §1.3b, §1.6, §2.1):
 ```
 <root>/scannet/posed_images/<scene_id>/NNNNN.jpg  .png (uint16 depth, mm)  .txt (4x4 camera-to-world)
 <root>/scannet/posed_images/<scene_id>/intrinsic.txt  depth_intrinsic.txt   (4x4 each)
-<root>/scannet/scans/<scene_id>/<scene_id>.txt   (axisAlignment; optional: identity when absent)
+<root>/scannet/scans/<scene_id>/<scene_id>.txt   (axisAlignment; required unless data.axis_alignment=identity)
 <root>/scannet/scans/<scene_id>/<scene_id>_vh_clean_2.ply, ...segs.json, .aggregation.json  (objects; optional)
+<root>/scannet/scans_test/<scene_id>/...          (ScanNet's hidden-test scans: no annotation, no axisAlignment)
 <root>/metadata/scannetv2_<split>.txt             (scene ids of a split)
 ```
 Poses are returned in the AXIS-ALIGNED frame (`A · T_wc`), the frame every box of the benchmarks lives in.
@@ -15,6 +16,7 @@ and counted, as EmbodiedScan's frame lists do.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -83,10 +85,23 @@ def read_intrinsics(path: Path) -> np.ndarray:
     return K
 
 
-def read_axis_alignment(meta_path: Path) -> np.ndarray:
-    """The 4x4 `axisAlignment` of a scan's `<scene_id>.txt`; identity when the file or the key is absent."""
+AXIS_ALIGNMENT_POLICIES = ("required", "identity")
+
+
+def read_axis_alignment(meta_path: Path, policy: str = "required") -> np.ndarray:
+    """The 4x4 `axisAlignment` of a scan's `<scene_id>.txt`.
+
+    Every box of the benchmarks is in the aligned frame, so a missing file or line is an error naming the file,
+    unless `policy` is "identity" (chosen on purpose, e.g. for ScanNet's test scans, which carry none).
+    """
+    if policy not in AXIS_ALIGNMENT_POLICIES:
+        raise ValueError(f"policy: {policy!r} is not one of {AXIS_ALIGNMENT_POLICIES}")
+    hint = ("boxes and proposals are in the axis-aligned frame; set data.axis_alignment=identity to use the "
+            "unaligned frame on purpose")
     if not meta_path.is_file():
-        return np.eye(4)
+        if policy == "identity":
+            return np.eye(4)
+        raise SceneDataError(f"{meta_path}: scan metadata with axisAlignment not found ({hint})")
     for line in meta_path.read_text().splitlines():
         if line.strip().startswith("axisAlignment"):
             try:
@@ -96,7 +111,9 @@ def read_axis_alignment(meta_path: Path) -> np.ndarray:
             if values.size != 16 or not np.isfinite(values).all():
                 raise SceneDataError(f"{meta_path}: axisAlignment needs 16 finite numbers, found {values.size}")
             return values.reshape(4, 4)
-    return np.eye(4)
+    if policy == "identity":
+        return np.eye(4)
+    raise SceneDataError(f"{meta_path}: no axisAlignment line ({hint})")
 
 
 def is_valid_pose(pose: np.ndarray) -> bool:
@@ -108,7 +125,7 @@ def read_color(path: Path) -> np.ndarray:
     """A colour image as [H, W, 3] uint8 RGB."""
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+            return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
     except FileNotFoundError:
         raise SceneDataError(f"{path}: colour image not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
@@ -131,46 +148,106 @@ def read_depth(path: Path) -> np.ndarray:
     return raw.astype(np.float32) / DEPTH_SHIFT
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image from its header alone."""
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except FileNotFoundError:
+        raise SceneDataError(f"{path}: image not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise SceneDataError(f"{path}: corrupt or unreadable image ({exc})") from None
+
+
+def check_principal_point(K: np.ndarray, size: tuple[int, int], path: Path, image: Path) -> None:
+    """Refuse intrinsics whose principal point lies outside the image they describe (e.g. colour intrinsics
+    given for the depth image): path names the intrinsics file, image the image of size (H, W)."""
+    cx, cy = K[0, 2], K[1, 2]
+    if not (0 <= cx <= size[1] and 0 <= cy <= size[0]):
+        raise SceneDataError(f"{path}: principal point ({cx:g}, {cy:g}) lies outside the {size[1]}x{size[0]} "
+                             f"image {image.name}; are these the intrinsics of another image?")
+
+
 class Scene:
     """One scan: its valid frames, intrinsics, axis alignment and (when annotated) its objects.
 
-    Opening a scene reads only the small text files (poses, intrinsics, alignment); images are read on demand.
+    Opening a scene reads only the intrinsics and the alignment. The full frame list (`frame_ids`, which reads
+    every pose file to drop invalid poses) is read on first use; `pose()` of a single frame reads only that
+    frame's file when the full list has not been read, so a sample of a few frames never reads the whole scan.
+    axis_alignment: "required" (a scan without axisAlignment is an error) or "identity" (then the identity).
+    Scans are looked up in `scannet/scans/`, then `scannet/scans_test/` (ScanNet's hidden-test scans).
     """
 
-    def __init__(self, root: str | Path, scene_id: str):
+    def __init__(self, root: str | Path, scene_id: str, axis_alignment: str = "required"):
         self.root = Path(root)
         self.scene_id = scene_id
         self.frame_dir = self.root / "scannet" / "posed_images" / scene_id
         self.scan_dir = self.root / "scannet" / "scans" / scene_id
+        test_dir = self.root / "scannet" / "scans_test" / scene_id
+        if not self.scan_dir.is_dir() and test_dir.is_dir():
+            self.scan_dir = test_dir
         if not self.frame_dir.is_dir():
             raise SceneDataError(f"{self.frame_dir}: scene folder not found")
         self.color_K = read_intrinsics(self.frame_dir / "intrinsic.txt")
         self.depth_K = read_intrinsics(self.frame_dir / "depth_intrinsic.txt")
-        self.axis_align = read_axis_alignment(self.scan_dir / f"{scene_id}.txt")
+        self.axis_align = read_axis_alignment(self.scan_dir / f"{scene_id}.txt", axis_alignment)
+        self._poses: dict[str, np.ndarray] = {}  # aligned poses read so far (all of them once frame_ids is read)
+
+    def __repr__(self) -> str:
+        return f"Scene({self.scene_id!r}, frames={len(self.frame_ids)}, invalid={len(self.invalid_frame_ids)})"
+
+    @cached_property
+    def _frame_table(self) -> tuple[list[str], list[str]]:
+        """(valid, invalid) frame ids of the export in temporal order; reads every pose file once."""
         names = sorted(p.stem for p in self.frame_dir.glob("*.jpg") if p.stem.isdigit())
-        self._poses: dict[str, np.ndarray] = {}
-        self.invalid_frame_ids: list[str] = []
+        valid, invalid = [], []
         for name in names:
             pose = read_matrix(self.frame_dir / f"{name}.txt")
             if is_valid_pose(pose):
                 self._poses[name] = self.axis_align @ pose
+                valid.append(name)
             else:
-                self.invalid_frame_ids.append(name)
-        self.frame_ids: list[str] = list(self._poses)
-        if not self.frame_ids:
+                invalid.append(name)
+        if not valid:
             found = f"{len(names)} frames, all with invalid poses" if names else "no NNNNN.jpg frames"
             raise SceneDataError(f"{self.frame_dir}: no usable frames ({found})")
+        return valid, invalid
 
-    def __repr__(self) -> str:
-        return (f"Scene({self.scene_id!r}, frames={len(self.frame_ids)}, "
-                f"invalid={len(self.invalid_frame_ids)})")
+    @property
+    def frame_ids(self) -> list[str]:
+        """The valid frames of the export, in temporal order."""
+        return self._frame_table[0]
+
+    @property
+    def invalid_frame_ids(self) -> list[str]:
+        """Exported frames whose pose is invalid (ScanNet's test: a non-finite entry or a zero first element)."""
+        return self._frame_table[1]
 
     def pose(self, frame_id: str) -> np.ndarray:
-        """[4, 4] float64 aligned camera-to-world of a valid frame."""
-        try:
-            return self._poses[frame_id]
-        except KeyError:
-            raise SceneDataError(f"{self.scene_id}: no valid frame {frame_id!r}") from None
+        """[4, 4] float64 aligned camera-to-world of a valid frame (its file is read on first request)."""
+        if frame_id not in self._poses:
+            path = self.frame_dir / f"{frame_id}.txt"
+            if not (self.frame_dir / f"{frame_id}.jpg").is_file() or not path.is_file():
+                raise SceneDataError(f"{self.scene_id}: no frame {frame_id!r} in {self.frame_dir}")
+            pose = read_matrix(path)
+            if not is_valid_pose(pose):
+                raise SceneDataError(f"{path}: frame {frame_id} of {self.scene_id} has an invalid pose")
+            self._poses[frame_id] = self.axis_align @ pose
+        return self._poses[frame_id]
+
+    def check_frame(self, frame_id: str) -> None:
+        """The frame's colour, depth and pose files exist and its pose is valid (else an error naming them)."""
+        for suffix, what in ((".jpg", "colour image"), (".png", "depth image")):
+            if not (self.frame_dir / f"{frame_id}{suffix}").is_file():
+                raise SceneDataError(f"{self.frame_dir / (frame_id + suffix)}: {what} not found")
+        self.pose(frame_id)
+
+    def check_intrinsics(self, frame_id: str) -> None:
+        """Both principal points inside their images, the sizes read from frame `frame_id`'s headers."""
+        for name, K, image in (("intrinsic.txt", self.color_K, f"{frame_id}.jpg"),
+                               ("depth_intrinsic.txt", self.depth_K, f"{frame_id}.png")):
+            check_principal_point(K, image_size(self.frame_dir / image), self.frame_dir / name,
+                                  self.frame_dir / image)
 
     def load_frame(self, frame_id: str) -> Frame:
         """Read one valid frame's colour, depth and pose."""
@@ -185,11 +262,17 @@ class Scene:
         frames = [self.load_frame(f) for f in frame_ids]
         if len({f.color.shape for f in frames}) != 1 or len({f.depth.shape for f in frames}) != 1:
             raise SceneDataError(f"{self.frame_dir}: frames of different sizes cannot be batched")
-        images = torch.from_numpy(np.stack([f.color for f in frames])).permute(0, 3, 1, 2).float().div_(255.0)
+        check_principal_point(self.color_K, frames[0].color.shape[:2], self.frame_dir / "intrinsic.txt",
+                              self.frame_dir / f"{frame_ids[0]}.jpg")
+        check_principal_point(self.depth_K, frames[0].depth.shape, self.frame_dir / "depth_intrinsic.txt",
+                              self.frame_dir / f"{frame_ids[0]}.png")
+        images = np.empty((len(frames), *frames[0].color.shape), dtype=np.float32)  # [S, H, W, 3]
+        for image, frame in zip(images, frames):  # uint8 -> float32 straight into place (no uint8 stack)
+            np.copyto(image, frame.color, casting="unsafe")
         return FrameBatch(
             scene_id=self.scene_id,
             frame_ids=list(frame_ids),
-            images=images,
+            images=torch.from_numpy(images).div_(255.0).permute(0, 3, 1, 2),  # channels-last strides
             depth=torch.from_numpy(np.stack([f.depth for f in frames])),
             poses=torch.from_numpy(np.stack([f.pose for f in frames])),
             color_K=torch.from_numpy(self.color_K.copy()),
@@ -214,6 +297,16 @@ class Scene:
     def objects(self) -> list[ObjectBox]:
         """Annotated objects with aligned boxes, from the scan's mesh/segments/aggregation files."""
         return read_instances(self.scan_dir, self.scene_id, self.axis_align)
+
+
+@functools.lru_cache(maxsize=4096)
+def open_scene(root: str | Path, scene_id: str, axis_alignment: str = "required") -> Scene:
+    """The process's shared `Scene` of (root, scene_id): its intrinsics, alignment, the poses read so far and its
+    objects are read once per process (each data-loader worker has its own) and reused by every sample.
+
+    Use it where many samples touch few frames of a scene; avoid reading `frame_ids` on it (that keeps every
+    pose of the scan in memory for the life of the process)."""
+    return Scene(root, scene_id, axis_alignment)
 
 
 def split_scene_ids(root: str | Path, split: str) -> list[str]:

@@ -37,7 +37,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 from threedrs.config import ExperimentConfig
-from threedrs.data.sampling import FrameLists
+from threedrs.data.sampling import FrameLists, frame_lists_from_config
 from threedrs.provenance import changed_files, differences
 
 __all__ = [
@@ -144,8 +144,7 @@ class SceneFeatures:
 
 def frame_lists_for(cfg: ExperimentConfig) -> FrameLists:
     """The run's frame lists, ``<teacher.cache_dir>/frame_lists.json``: extraction and the student read this file."""
-    return FrameLists(Path(cfg.teacher.cache_dir) / FRAME_LISTS, cfg.data.root, cfg.data.sampling,
-                      cfg.data.frames, cfg.data.coverage_voxel)
+    return frame_lists_from_config(cfg.data, Path(cfg.teacher.cache_dir) / FRAME_LISTS)
 
 
 def pool_to_grid(tokens: Tensor, grid: tuple[int, int], valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
