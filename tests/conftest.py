@@ -14,13 +14,14 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def synthrooms_tiny(tmp_path_factory):
-    """A tiny SynthRooms set (6 rooms x 6 frames at 64x48), generated once per test session."""
+    """A tiny SynthRooms set (6 rooms x 6 frames, 64x48 colour with 32x24 depth: half the colour size, as ScanNet's
+    640x480 depth beside 1296x968 colour), generated once per test session."""
     from threedrs.config import SynthConfig
     from threedrs.data.synthetic import generate
 
     root = tmp_path_factory.mktemp("synthrooms") / "rooms"
-    generate(SynthConfig(scenes=6, frames=6, width=64, height=48, seed=3, invalid_pose_frames=1), root,
-             progress=False)
+    generate(SynthConfig(scenes=6, frames=6, width=64, height=48, depth_width=32, depth_height=24, seed=3,
+                         invalid_pose_frames=1), root, progress=False)
     return root
 
 

@@ -21,6 +21,8 @@ from PIL import Image
 
 from threedrs.cli import main as cli_main
 from threedrs.config import ConfigError, SynthConfig
+from threedrs.data.instances import SceneDataError
+from threedrs.data.tasks import load_benchmark
 from threedrs.data.synthetic import SynthOutputError, SynthSummary, generate
 from threedrs.data.synthetic.catalog import CATEGORIES, COLOURS
 from threedrs.data.synthetic.render import Renderer, RenderScene
@@ -219,28 +221,54 @@ def test_layout_files_exist_and_parse(out: Path) -> None:
         assert load(out, rel), rel
 
 
+def ray_cast_depth(room, pose: np.ndarray, k: np.ndarray, width: int, height: int) -> np.ndarray:
+    """[H, W] millimetres of an independent float64 ray cast of the scene graph (0 beyond 10 m)."""
+    boxes = np.concatenate([o.parts for o in room.objects])
+    u, v = np.meshgrid(np.arange(width), np.arange(height))
+    d = np.stack([(u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], np.ones(u.shape)], -1) @ pose[:3, :3].T
+    o = pose[:3, 3]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.min(np.where(d > 0, (room.size - o) / d, -o / d), axis=-1)  # the room shell from inside
+        for lo, hi in zip(boxes[:, :3], boxes[:, 3:]):
+            t1, t2 = (lo - o) / d, (hi - o) / d
+            near, far = np.minimum(t1, t2).max(-1), np.maximum(t1, t2).min(-1)
+            t = np.where((near <= far) & (near > 0) & (near < t), near, t)
+    return np.where(t <= 10.0, np.rint(t * 1000), 0)
+
+
 def test_depth_is_exact_against_brute_force_ray_casting(out: Path) -> None:
     """Every depth pixel equals an independent float64 ray cast of the scene graph, to the millimetre."""
     sid = "scene0001_00"
     room = build_room(CFG, 1)
-    boxes = np.concatenate([o.parts for o in room.objects])
     frames = out / "scannet/posed_images" / sid
     k = read_matrix(frames / "depth_intrinsic.txt")
     for f in range(CFG.frames):
         depth = np.asarray(Image.open(frames / f"{10 * f:05d}.png")).astype(np.float64)
-        pose = room.poses[f]
-        u, v = np.meshgrid(np.arange(CFG.width), np.arange(CFG.height))
-        d = np.stack([(u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], np.ones(u.shape)], -1) @ pose[:3, :3].T
-        o = pose[:3, 3]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = np.min(np.where(d > 0, (room.size - o) / d, -o / d), axis=-1)  # the room shell from inside
-            for lo, hi in zip(boxes[:, :3], boxes[:, 3:]):
-                t1, t2 = (lo - o) / d, (hi - o) / d
-                near, far = np.minimum(t1, t2).max(-1), np.maximum(t1, t2).min(-1)
-                t = np.where((near <= far) & (near > 0) & (near < t), near, t)
-        expected = np.where(t <= 10.0, np.rint(t * 1000), 0)
+        expected = ray_cast_depth(room, room.poses[f], k, CFG.width, CFG.height)
         assert np.mean(np.abs(depth - expected) <= 1) > 0.999  # a silhouette pixel may flip in float32
         assert np.median(np.abs(depth - expected)) == 0
+
+
+def test_depth_at_another_size_than_colour_as_scannet(tmp_path: Path) -> None:
+    """synth.depth_*: a smaller depth PNG with its own intrinsics (ScanNet: 640x480 depth, 1296x968 colour)."""
+    cfg = SynthConfig(scenes=2, frames=2, width=64, height=48, depth_width=40, depth_height=30, seed=7,
+                      invalid_pose_frames=0)
+    generate(cfg, tmp_path / "d", progress=False)
+    sid, room = "scene0001_00", build_room(cfg, 1)
+    frames = tmp_path / "d/scannet/posed_images" / sid
+    colour_k, depth_k = read_matrix(frames / "intrinsic.txt"), read_matrix(frames / "depth_intrinsic.txt")
+    np.testing.assert_allclose(depth_k[0, [0, 2]], colour_k[0, [0, 2]] * 40 / 64, atol=1e-6)
+    np.testing.assert_allclose(depth_k[1, [1, 2]], colour_k[1, [1, 2]] * 30 / 48, atol=1e-6)
+    meta = read_meta(tmp_path / "d/scannet/scans" / sid / f"{sid}.txt")
+    assert (meta["colorWidth"], meta["colorHeight"], meta["depthWidth"], meta["depthHeight"]) == ("64", "48", "40", "30")
+    for f in range(cfg.frames):
+        assert Image.open(frames / f"{10 * f:05d}.jpg").size == (64, 48)
+        depth = np.asarray(Image.open(frames / f"{10 * f:05d}.png")).astype(np.float64)
+        expected = ray_cast_depth(room, room.poses[f], depth_k, 40, 30)
+        assert depth.shape == (30, 40) and np.median(np.abs(depth - expected)) == 0
+        assert np.mean(np.abs(depth - expected) <= 1) > 0.99
+    with pytest.raises(ConfigError, match="synth.depth_width/depth_height: set both or neither"):
+        generate(SynthConfig(depth_width=40), tmp_path / "e", progress=False)
 
 
 def test_unprojected_depth_lies_on_scene_surfaces_with_instance_ids(out: Path) -> None:
@@ -345,19 +373,25 @@ def test_annotation_object_ids_exist_and_names_match(out: Path) -> None:
             assert all(ref.startswith("sos ") and ref.endswith(" eos") for ref in refs)
 
 
-def test_scanrefer_eval_type_follows_the_v3d_rule(big: Path) -> None:
+def test_scanrefer_is_written_as_the_official_files_and_labelled_by_the_v3d_rule(big: Path) -> None:
     tsv = (big / "scannet/scannetv2-labels.combined.tsv").read_text().splitlines()[1:]
     nyu = {row.split("\t")[1]: int(row.split("\t")[4]) for row in tsv}
     kept = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 24, 28, 33, 34, 36, 39}
     for split in ("train", "val"):
         records = load(big, f"scanrefer/ScanRefer_filtered_{split}.json")
-        sem = {id(r): nyu.get(r["object_name"].replace("_", " "), 39) for r in records}
-        sem = {k: (v if v in kept else 39) for k, v in sem.items()}
-        for r in records:
-            same = {(q["scene_id"], q["object_id"]) for q in records
-                    if q["scene_id"] == r["scene_id"] and sem[id(q)] == sem[id(r)]}
-            assert r["eval_type"] == ("unique" if len(same) == 1 else "multiple")
-        assert {r["eval_type"] for r in records} == {"unique", "multiple"} or split == "val"
+        for r in records:  # the official fields, ids as digit strings, and no eval_type
+            assert set(r) == {"scene_id", "object_id", "object_name", "ann_id", "description", "token"}
+            assert r["object_id"].isdigit() and r["ann_id"].isdigit() and all(isinstance(t, str) for t in r["token"])
+        with pytest.raises(SceneDataError, match="no eval_type .* set data.label_map"):
+            load_benchmark(big, "scanrefer", split)
+        samples = load_benchmark(big, "scanrefer", split, "scannet/scannetv2-labels.combined.tsv")
+        sem = [nyu[r["object_name"].replace("_", " ")] for r in records]
+        sem = [v if v in kept else 39 for v in sem]
+        for r, c, sample in zip(records, sem, samples):
+            same = {(q["scene_id"], q["object_id"]) for q, d in zip(records, sem) if q["scene_id"] == r["scene_id"]
+                    and d == c}
+            assert sample.question_type == ("unique" if len(same) == 1 else "multiple")
+        assert {s.question_type for s in samples} == {"unique", "multiple"} or split == "val"
 
 
 def test_multi3drefer_eval_types(big: Path) -> None:

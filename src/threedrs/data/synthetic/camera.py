@@ -47,6 +47,13 @@ class Intrinsics:
         fx, fy, cx, cy = file_roundtrip(np.array([fx, fy, cx, cy]))
         return cls(float(fx), float(fy), float(cx), float(cy), width, height)
 
+    def resized(self, width: int, height: int) -> "Intrinsics":
+        """The intrinsics of the same camera at another image size (fx, cx scale with the width, fy, cy with the
+        height: ScanNet's and V3D's convention), rounded as they are written."""
+        sx, sy = width / self.width, height / self.height
+        fx, fy, cx, cy = file_roundtrip(np.array([self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy]))
+        return Intrinsics(float(fx), float(fy), float(cx), float(cy), width, height)
+
     def matrix(self) -> np.ndarray:
         """The 4x4 matrix of ScanNet's `intrinsic.txt` (float64)."""
         return np.array([[self.fx, 0, self.cx, 0], [0, self.fy, self.cy, 0], [0, 0, 1, 0], [0, 0, 0, 1]],

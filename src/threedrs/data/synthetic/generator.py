@@ -3,9 +3,9 @@
 Layout under OUT (the real ScanNet / Video-3D LLM layout, FORMATS.md):
 ```
 synthrooms.json                                     manifest (version, config, splits, categories, conventions)
-scannet/posed_images/<scene>/NNNNN.{jpg,png,txt}, intrinsic.txt, depth_intrinsic.txt
+scannet/posed_images/<scene>/NNNNN.{jpg,png,txt}, intrinsic.txt, depth_intrinsic.txt  (depth at synth.depth_*)
 scannet/scans/<scene>/<scene>.txt, _vh_clean_2.ply, _vh_clean_2.0.010000.segs.json, .aggregation.json
-scannet/scannetv2-labels.combined.tsv
+scannet/scannetv2-labels.combined.tsv               ScanNet's label table (official columns) for every category
 metadata/scannetv2_{train,val}.txt, scannet_{train,val}_gt_box.json, scannet_val_pred_box.json
 mask/<val scene>.mask.npz
 scanrefer/ScanRefer_filtered_{train,val}.json      multi3drefer/multi3drefer_{train,val}.json
@@ -157,19 +157,23 @@ def generate(cfg: SynthConfig, out: str | Path, progress: bool = True) -> SynthS
         sid, split = room.scene_id, split_of[room.scene_id]
         frame_dir = out / "scannet" / "posed_images" / sid
         frame_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("intrinsic.txt", "depth_intrinsic.txt"):
-            (frame_dir / name).write_text(writer.matrix_text(room.intrinsics.matrix()))
+        depth_k = room.intrinsics if cfg.depth_width is None else room.intrinsics.resized(cfg.depth_width,
+                                                                                            cfg.depth_height)
+        (frame_dir / "intrinsic.txt").write_text(writer.matrix_text(room.intrinsics.matrix()))
+        (frame_dir / "depth_intrinsic.txt").write_text(writer.matrix_text(depth_k.matrix()))
         renderer = Renderer(RenderScene.from_room(room), room.intrinsics)
+        depth_renderer = renderer if depth_k == room.intrinsics else Renderer(renderer.scene, depth_k)
         for f, pose in enumerate(room.poses):
             frame = renderer.render(pose)
-            writer.write_frame(frame_dir, f, frame.rgb, frame.depth, None if room.invalid[f] else room.poses_scan[f])
+            depth = frame.depth if depth_renderer is renderer else depth_renderer.render(pose).depth
+            writer.write_frame(frame_dir, f, frame.rgb, depth, None if room.invalid[f] else room.poses_scan[f])
         mesh = build_mesh(room, scene_rng(cfg.seed, index, STREAM_MESH))
         scan_dir = out / "scannet" / "scans" / sid
         scan_dir.mkdir(parents=True, exist_ok=True)
         writer.write_ply(scan_dir / f"{sid}_vh_clean_2.ply", mesh)
         writer.write_segments(scan_dir / f"{sid}_vh_clean_2.0.010000.segs.json", sid, mesh)
         writer.write_aggregation(scan_dir / f"{sid}.aggregation.json", sid, mesh)
-        writer.write_scan_meta(scan_dir / f"{sid}.txt", room, cfg.frames)
+        writer.write_scan_meta(scan_dir / f"{sid}.txt", room, cfg.frames, depth_k)
         gt_boxes[split][f"scannet/{sid}"] = np.round(mesh.boxes(), 6).tolist()
         if split == "val":
             masks, boxes = detector_proposals(mesh, len(room.objects), scene_rng(cfg.seed, index, STREAM_PROPOSALS))
@@ -211,8 +215,7 @@ def _write_benchmarks(out: Path, ann: dict[str, dict[str, list]]) -> dict[str, d
     samples: dict[str, dict[str, int]] = {b: {} for b in BENCHMARKS}
     answers: set[str] = set()
     for split in SPLITS:
-        scanrefer = ann["scanrefer"][split]
-        referring.label_eval_types(scanrefer)
+        scanrefer = ann["scanrefer"][split]  # as the official files: no eval_type
         writer.write_json(out / "scanrefer" / f"ScanRefer_filtered_{split}.json", scanrefer)
         writer.write_json(out / "multi3drefer" / f"multi3drefer_{split}.json", ann["multi3drefer"][split])
         corpus = referring.scan2cap_corpus(scanrefer)

@@ -1,8 +1,9 @@
 """ScanRefer, Multi3DRefer and Scan2Cap records of a SynthRooms room (FORMATS §3.1-3.3), from its scene graph.
 
-ScanRefer descriptions denote exactly their target (checked with `Facts.resolve`); Multi3DRefer descriptions may
-denote zero, one or several objects and carry the eval type the referent set implies; Scan2Cap's references are the
-ScanRefer descriptions of each object. Vocabulary is deliberately small.
+ScanRefer descriptions denote exactly their target (checked with `Facts.resolve`) and are written as the official
+files are, without `eval_type` (readers label them from the label table, `threedrs.data.labels`); Multi3DRefer
+descriptions may denote zero, one or several objects and carry the eval type the referent set implies; Scan2Cap's
+references are the ScanRefer descriptions of each object. Vocabulary is deliberately small.
 """
 
 from __future__ import annotations
@@ -14,10 +15,6 @@ import numpy as np
 
 from threedrs.data.synthetic.catalog import CATEGORIES, COLOURS, SIZES, TEXTURES
 from threedrs.data.synthetic.relations import Facts, Query, Relation, article, noun_phrase
-
-V3D_SEM_CLASSES = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 24, 28, 33, 34, 36, 39})
-"""nyu40 ids kept by V3D's unique/multiple rule; every other id counts as 39 (FORMATS §4.2)."""
-
 
 def tokenize(text: str) -> list[str]:
     """ScanRefer-style tokens: lower-case words and the punctuation marks . , ? ! as separate tokens."""
@@ -75,21 +72,6 @@ def scanrefer_records(facts: Facts, rng: np.random.Generator) -> list[dict]:
                             "object_name": object_name(facts.objects[t].category), "ann_id": str(ann),
                             "description": text, "token": tokenize(text)})
     return records
-
-
-def label_eval_types(records: list[dict]) -> None:
-    """Add `eval_type` ("unique"/"multiple") in place by V3D's rule (FORMATS §4.2): per (scene, nyu40 class,
-    folded to 39 outside the kept set) count the distinct annotated objects of the whole file."""
-    def sem(name: str) -> int:
-        cat = CATEGORIES.get(name.replace("_", " "))
-        nyu = cat.nyu40id if cat else 39
-        return nyu if nyu in V3D_SEM_CLASSES else 39
-
-    objects: dict[tuple[str, int], set[str]] = {}
-    for r in records:
-        objects.setdefault((r["scene_id"], sem(r["object_name"])), set()).add(r["object_id"])
-    for r in records:
-        r["eval_type"] = "unique" if len(objects[(r["scene_id"], sem(r["object_name"]))]) == 1 else "multiple"
 
 
 def scan2cap_corpus(records: list[dict]) -> dict[str, list[str]]:

@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse
 from PIL import Image
 
+from threedrs.data.synthetic.camera import Intrinsics
 from threedrs.data.synthetic.catalog import CATEGORIES, STRUCTURE
 from threedrs.data.synthetic.mesh import SceneMesh
 from threedrs.data.synthetic.rooms import Room
@@ -63,15 +64,15 @@ def write_lines(path: Path, lines: list[str]) -> None:
     path.write_text("".join(line + "\n" for line in lines))
 
 
-def write_scan_meta(path: Path, room: Room, frames: int) -> None:
+def write_scan_meta(path: Path, room: Room, frames: int, depth: Intrinsics) -> None:
     """`<scene_id>.txt`: ScanNet's sorted `key = value` scan metadata, including axisAlignment."""
     k = room.intrinsics
     values = {
         "axisAlignment": " ".join("%f" % v for v in room.alignment.ravel()),
         "colorHeight": k.height, "colorToDepthExtrinsics": " ".join("%f" % v for v in np.eye(4).ravel()),
-        "colorWidth": k.width, "depthHeight": k.height, "depthWidth": k.width,
-        "fx_color": "%f" % k.fx, "fx_depth": "%f" % k.fx, "fy_color": "%f" % k.fy, "fy_depth": "%f" % k.fy,
-        "mx_color": "%f" % k.cx, "mx_depth": "%f" % k.cx, "my_color": "%f" % k.cy, "my_depth": "%f" % k.cy,
+        "colorWidth": k.width, "depthHeight": depth.height, "depthWidth": depth.width,
+        "fx_color": "%f" % k.fx, "fx_depth": "%f" % depth.fx, "fy_color": "%f" % k.fy, "fy_depth": "%f" % depth.fy,
+        "mx_color": "%f" % k.cx, "mx_depth": "%f" % depth.cx, "my_color": "%f" % k.cy, "my_depth": "%f" % depth.cy,
         "numColorFrames": frames * FRAME_STEP, "numDepthFrames": frames * FRAME_STEP, "numIMUmeasurements": 0,
         "sceneType": room.scene_type,
     }
