@@ -7,9 +7,8 @@ import math
 import pytest
 import torch
 
+from threedrs.aabb import box_iou_3d, boxes_from_points
 from threedrs.geometry import (
-    box_iou_3d,
-    boxes_from_points,
     depth_to_world,
     depth_token_points,
     grid_footprints,

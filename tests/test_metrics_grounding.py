@@ -102,7 +102,7 @@ def official_iou(a: list[float], b: list[float]) -> float:
 
 
 def test_iou_is_the_official_float64_iou_bit_for_bit() -> None:
-    from threedrs.geometry import box_iou_3d
+    from threedrs.aabb import box_iou_3d
 
     generator = torch.Generator().manual_seed(5)
     a = random_boxes(generator, 300).double()

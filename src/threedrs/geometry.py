@@ -1,12 +1,11 @@
-"""Camera and 3D geometry as pure tensor math: unprojection, rigid transforms, token footprints, voxels, box IoU.
+"""Camera and 3D geometry as pure tensor math: unprojection, rigid transforms, token footprints, voxels.
 
-Conventions (FORMATS.md §1.4, §1.5, §4.1):
+Conventions (FORMATS.md §1.4, §1.5):
 - Camera frame: OpenCV, +x right, +y down, +z forward. Pixel centres sit at integer coordinates, u = column,
   v = row, so the camera point of pixel (u, v) with depth z is ((u - cx) z / fx, (v - cy) z / fy, z).
 - Depth in metres; 0 or non-finite means invalid.
 - Poses are camera-to-world 4x4 matrices; world points are in metres.
 - Pixel boxes are int64 (x0, y0, x1, y1), half-open: columns x0 <= u < x1, rows y0 <= v < y1.
-- 3D boxes are axis-aligned [cx, cy, cz, dx, dy, dz] (centre and size, metres).
 
 Every function works on any floating dtype and device; nothing here reads files.
 """
@@ -19,8 +18,6 @@ from torch import Tensor
 
 __all__ = [
     "VOXEL_INDEX_BITS",
-    "box_iou_3d",
-    "boxes_from_points",
     "depth_to_world",
     "depth_token_points",
     "grid_footprints",
@@ -383,54 +380,3 @@ def voxel_keys(points: Tensor, voxel_size: float) -> Tensor:
     shifted = index + _VOXEL_OFFSET
     bits = VOXEL_INDEX_BITS
     return (shifted[..., 0] << (2 * bits)) | (shifted[..., 1] << bits) | shifted[..., 2]
-
-
-def box_iou_3d(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of axis-aligned 3D boxes (FORMATS §4.1), all pairs, with the official scripts' arithmetic.
-
-    Computed as Video-3D LLM's `box3d_iou` does, operation for operation, so that in float64 it gives the same
-    bits: corners lo = c + (-s/2), hi = c + s/2; inter = max(dx, 0) * max(dy, 0) * max(dz, 0) from the corner
-    overlaps; each volume is the product of its corner differences (not of the sizes);
-    IoU = inter / (vol_a + vol_b - inter + 1e-8).
-
-    Args:
-        a: [..., N, 6] float [cx, cy, cz, dx, dy, dz], metres, sizes >= 0.
-        b: [..., M, 6] float, same layout; leading dims broadcast.
-    Returns:
-        [..., N, M] IoU in the promoted dtype of a and b.
-    """
-    for name, box in (("a", a), ("b", b)):
-        if box.ndim < 2 or box.shape[-1] != 6:
-            raise ValueError(f"{name}: expected shape [..., N, 6], got {list(box.shape)}")
-        if not box.is_floating_point():
-            raise ValueError(f"{name}: expected a floating-point tensor, got {box.dtype}")
-        if bool((box[..., 3:] < 0).any()):
-            raise ValueError(f"{name}: negative box size")
-    dtype = torch.promote_types(a.dtype, b.dtype)
-    a, b = a.to(dtype), b.to(dtype)
-    lo_a = (a[..., :3] + -(a[..., 3:] / 2))[..., :, None, :]
-    hi_a = (a[..., :3] + a[..., 3:] / 2)[..., :, None, :]
-    lo_b = (b[..., :3] + -(b[..., 3:] / 2))[..., None, :, :]
-    hi_b = (b[..., :3] + b[..., 3:] / 2)[..., None, :, :]
-    overlap = (torch.minimum(hi_a, hi_b) - torch.maximum(lo_a, lo_b)).clamp(min=0)
-    inter = overlap[..., 0] * overlap[..., 1] * overlap[..., 2]
-    side_a, side_b = hi_a - lo_a, hi_b - lo_b
-    vol_a = side_a[..., 0] * side_a[..., 1] * side_a[..., 2]
-    vol_b = side_b[..., 0] * side_b[..., 1] * side_b[..., 2]
-    return inter / (vol_a + vol_b - inter + 1e-8)
-
-
-def boxes_from_points(points: Tensor) -> Tensor:
-    """Axis-aligned bounding box of a point set.
-
-    Args:
-        points: [..., N, 3] float, metres, N >= 1.
-    Returns:
-        [..., 6] [cx, cy, cz, dx, dy, dz] of the min/max box.
-    """
-    _check_points("points", points)
-    if points.ndim < 2 or points.shape[-2] == 0:
-        raise ValueError(f"points: expected shape [..., N, 3] with N >= 1, got {list(points.shape)}")
-    lo = points.amin(dim=-2)
-    hi = points.amax(dim=-2)
-    return torch.cat([(lo + hi) / 2, hi - lo], dim=-1)

@@ -6,7 +6,7 @@ Conventions (FORMATS.md §3.6.7, §4.1-§4.4):
 - Inputs may be tensors, NumPy arrays or nested lists (as json.loads gives them); lists and integer values become
   float64 (the Python floats of a JSON file, as the official scripts read them), floating tensors and arrays keep
   their dtype. Everything is computed on the CPU.
-- IoU is :func:`threedrs.geometry.box_iou_3d`, Video-3D LLM's `box3d_iou` operation for operation
+- IoU is :func:`threedrs.aabb.box_iou_3d`, Video-3D LLM's `box3d_iou` operation for operation
   (``inter / (vol_a + vol_b - inter + 1e-8)``). Official parity at ties, for boxes read from JSON (float64):
   ScanRefer compares the float64 IoU, where the ``1e-8`` tips a tie at exactly 0.25 or 0.5 just below (a miss);
   Multi3DRefer stores each float64 IoU in a float32 matrix before matching and thresholds, as the official
@@ -29,7 +29,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from threedrs.geometry import box_iou_3d
+from threedrs.aabb import box_iou_3d
 
 __all__ = [
     "MULTI3DREFER_EVAL_TYPES",
