@@ -9,7 +9,8 @@ Rules (METHOD.md, FORMATS.md §1.8):
   temporal order.
 
 The rule chooses among a scene's candidate frames (`threedrs.data.frame_sources`: all valid frames, EmbodiedScan's
-image list, or Video-3D LLM's max-coverage file, which is already a selection and bypasses the rule).
+image list, or Video-3D LLM's max-coverage file, which is already a selection and bypasses the rule; a selection
+of fewer than k frames is filled up with repeats as uniform sampling fills a short scan, so every list has k).
 
 `FrameLists` computes the list of each scene once and stores it in a JSON file, so that `threedrs extract` (the
 teacher) and the training dataset (the student) read the very same frames — the authors' release sampled them
@@ -158,8 +159,9 @@ class FrameLists:
         scene_id = scene if isinstance(scene, str) else scene.scene_id
         if scene_id not in self._lists:
             obj = Scene(self.root, scene_id, self.axis_alignment) if isinstance(scene, str) else scene
-            if self.source.kind == "select_frames":
-                self._lists[scene_id] = self.source.selection(obj, self.k)
+            if self.source.kind == "select_frames":  # fewer than k frames repeat as uniform sampling's do
+                chosen = self.source.selection(obj, self.k)
+                self._lists[scene_id] = [chosen[i] for i in uniform_indices(len(chosen), self.k)]
             else:
                 candidates = self.source.candidates(obj)
                 self._lists[scene_id] = select_frames(obj, self.rule, self.k, self.voxel_size, candidates)
