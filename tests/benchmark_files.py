@@ -41,7 +41,8 @@ def scanrefer_record(scene: str, object_id: str, name: str, ann_id: str, descrip
 # scene0011_00: two kitchen cabinets (nyu 3: multiple), a chair and an office chair (nyu 5: multiple), a door
 # (nyu 8: unique) and a trash can (nyu 39: unique); scene0025_00: one chair (unique).
 SCANREFER_VAL = [
-    scanrefer_record("scene0011_00", "12", "kitchen_cabinets", "0", "this is a white cabinet. it is left of the fridge."),
+    scanrefer_record("scene0011_00", "12", "kitchen_cabinets", "0",
+                     "this is a white cabinet. it is left of the fridge."),
     scanrefer_record("scene0011_00", "12", "kitchen_cabinets", "1", "a white cabinet by the fridge."),
     scanrefer_record("scene0011_00", "13", "kitchen_cabinet", "0", "the cabinet under the sink."),
     scanrefer_record("scene0011_00", "3", "chair", "0", "the chair at the end of the table."),
@@ -125,5 +126,6 @@ def embodiedscan_images(scene: str, frames: list[str]) -> dict:
 
 def select_frames_record(scene: str, frames: list[str], voxel_nums: list[int], num_all: int) -> dict:
     """A record of Video-3D LLM's scannet_select_frames.json."""
-    return {"video_id": f"scannet/{scene}", "frame_files": [f"data/scannet/posed_images/{scene}/{f}.jpg" for f in frames],
+    files = [f"data/scannet/posed_images/{scene}/{f}.jpg" for f in frames]
+    return {"video_id": f"scannet/{scene}", "frame_files": files,
             "voxel_nums": voxel_nums, "num_all_voxels": num_all, "num_select_voxels": sum(voxel_nums)}

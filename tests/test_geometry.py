@@ -371,9 +371,9 @@ def test_depth_token_points_equal_the_world_map_route() -> None:
     grid = grid_footprints(height, width, 7, 9)
     x0 = torch.randint(0, width - 10, (frames, 4, 5), generator=generator)
     y0 = torch.randint(0, height - 10, (frames, 4, 5), generator=generator)
-    irregular = torch.stack([x0, y0, x0 + torch.randint(0, 40, x0.shape, generator=generator).clamp(max=width - 1 - x0) + 1,
-                             y0 + torch.randint(0, 40, y0.shape, generator=generator).clamp(max=height - 1 - y0) + 1],
-                            dim=-1)
+    spans = torch.randint(0, 40, (2, *x0.shape), generator=generator)
+    irregular = torch.stack([x0, y0, x0 + spans[0].clamp(max=width - 1 - x0) + 1,
+                             y0 + spans[1].clamp(max=height - 1 - y0) + 1], dim=-1)
     for footprints in (grid, irregular):
         world, valid = depth_to_world(depth.double(), K, poses)
         expected, expected_valid = token_world_points(world, valid, footprints, (height, width))

@@ -130,7 +130,7 @@ def test_missing_axis_alignment_is_an_error_unless_identity_is_chosen(tmp_path):
     write_scene(tmp_path)
     meta = tmp_path / "scannet" / "scans" / "scene0000_00" / "scene0000_00.txt"
     meta.write_text("colorWidth = 8\ncolorHeight = 6\n")
-    with pytest.raises(SceneDataError, match=r"scene0000_00\.txt: no axisAlignment line .*data.axis_alignment=identity"):
+    with pytest.raises(SceneDataError, match=r"scene0000_00\.txt: no axisAlignment line .*axis_alignment=identity"):
         Scene(tmp_path, "scene0000_00")
     np.testing.assert_array_equal(Scene(tmp_path, "scene0000_00", "identity").axis_align, np.eye(4))
     meta.unlink()

@@ -260,7 +260,8 @@ def test_depth_at_another_size_than_colour_as_scannet(tmp_path: Path) -> None:
     np.testing.assert_allclose(depth_k[0, [0, 2]], colour_k[0, [0, 2]] * 40 / 64, atol=1e-6)
     np.testing.assert_allclose(depth_k[1, [1, 2]], colour_k[1, [1, 2]] * 30 / 48, atol=1e-6)
     meta = read_meta(tmp_path / "d/scannet/scans" / sid / f"{sid}.txt")
-    assert (meta["colorWidth"], meta["colorHeight"], meta["depthWidth"], meta["depthHeight"]) == ("64", "48", "40", "30")
+    sizes = (meta["colorWidth"], meta["colorHeight"], meta["depthWidth"], meta["depthHeight"])
+    assert sizes == ("64", "48", "40", "30")
     for f in range(cfg.frames):
         assert Image.open(frames / f"{10 * f:05d}.jpg").size == (64, 48)
         depth = np.asarray(Image.open(frames / f"{10 * f:05d}.png")).astype(np.float64)

@@ -27,7 +27,8 @@ def test_official_scanrefer_is_labelled_as_the_official_evaluation(tmp_path):
     assert [s.question_type for s in refer] == SCANREFER_VAL_TYPES
     assert [s.id for s in refer[:3]] == ["scene0011_00|12|0", "scene0011_00|12|1", "scene0011_00|13|0"]
     first = refer[0]
-    assert first.answer == GROUND_TOKEN and first.target_ids == [12] and first.answers == [SCANREFER_VAL[0]["description"]]
+    assert first.answer == GROUND_TOKEN and first.target_ids == [12]
+    assert first.answers == [SCANREFER_VAL[0]["description"]]
     # V3D capitalize(): the rest of the description is lower-cased
     assert first.prompt.endswith("\nThis is a white cabinet. it is left of the fridge.")
     # an eval_type in the file is used as is (the table is then not even needed)

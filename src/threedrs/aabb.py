@@ -55,7 +55,7 @@ def boxes_from_points(points: Tensor) -> Tensor:
         [..., 6] [cx, cy, cz, dx, dy, dz] of the min/max box.
     """
     if not points.is_floating_point() or points.shape[-1:] != (3,):
-        raise ValueError(f"points: expected a float tensor of shape [..., N, 3], got {points.dtype} {list(points.shape)}")
+        raise ValueError(f"points: expected a float tensor [..., N, 3], got {points.dtype} {list(points.shape)}")
     if points.ndim < 2 or points.shape[-2] == 0:
         raise ValueError(f"points: expected shape [..., N, 3] with N >= 1, got {list(points.shape)}")
     lo = points.amin(dim=-2)

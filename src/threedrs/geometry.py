@@ -281,7 +281,7 @@ def depth_token_points(
         raise ValueError(f"K: expected shape [{frames}, 3, 3] or [3, 3], got {list(K.shape)}")
     _check_matrix("cam_to_world", cam_to_world, 4)
     if cam_to_world.shape != (frames, 4, 4) or not bool(torch.isfinite(cam_to_world).all()):
-        raise ValueError(f"cam_to_world: expected finite poses of shape [{frames}, 4, 4], got {list(cam_to_world.shape)}")
+        raise ValueError(f"cam_to_world: expected finite poses [{frames}, 4, 4], got {list(cam_to_world.shape)}")
     if not bool((cam_to_world[:, 3] == cam_to_world.new_tensor([0.0, 0.0, 0.0, 1.0])).all()):
         raise ValueError("cam_to_world: expected rigid poses with last row 0 0 0 1")
     x0, y0, x1, y1 = _depth_boxes(footprints, frames, image_size, (depth_h, depth_w))
