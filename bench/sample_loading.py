@@ -10,7 +10,7 @@ cost does not depend on which file it is); every pose file is its own file. Each
   token points went through the full [32, 480, 640, 3] float64 world map (`depth_to_world` then
   `token_world_points`);
 - after: `SceneSampleDataset.__getitem__` as shipped: the scene's small facts are read once per process
-  (`open_scene`, only the listed frames' poses), colour is converted to float32 straight into place (no uint8
+  (only the listed frames' poses), colour is converted to float32 straight into place (no uint8
   stack, no strided torch conversion) and `depth_token_points` sums the depth at the token boxes.
 Both produce the same frames and the same token points (checked). Each path runs in its own worker-like process
 (one torch thread, a data-loader worker's setting): a warm-up item, then --items timed items of the same scene;

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from threedrs.data.instances import SceneDataError, read_ply_vertices
-from threedrs.data.scene import Scene, open_scene, split_scene_ids
+from threedrs.data.scene import Scene, split_scene_ids
 from scene_files import write_matrix, write_ply, write_scene
 
 
@@ -169,7 +169,6 @@ def test_a_single_pose_is_read_without_the_whole_scan(tmp_path):
         scene.pose("00010")
     with pytest.raises(SceneDataError, match=r"no frame '00030'"):
         scene.pose("00030")
-    assert open_scene(tmp_path, "scene0000_00") is open_scene(tmp_path, "scene0000_00")
 
 
 def test_repeated_seg_groups_keep_the_first_occurrence(tmp_path):

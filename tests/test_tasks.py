@@ -57,7 +57,7 @@ def test_scan2cap_does_not_need_the_labels(tmp_path):
     ("no_table", r"scannetv2-labels.combined.tsv: ScanNet label table .* not found"),
     ("columns", r"scannetv2-labels.combined.tsv: label table lacks column\(s\) nyu40id"),
     ("name", r"ScanRefer_filtered_val.json: record 5: object_name 'door' is not a raw_category"),
-    ("object_id", r"ScanRefer_filtered_val.json: record 2: object id 'thirteen' is not a non-negative integer"),
+    ("object_id", r"ScanRefer_filtered_val.json: record 2: object_id 'thirteen' is not a non-negative integer"),
     ("eval_type", r"ScanRefer_filtered_val.json: record 0: eval_type 'hard' is not one of"),
     ("duplicate", r"ScanRefer_filtered_val.json: records 0 and 1 have the same id 'scene0011_00\|12\|0'"),
 ])

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from threedrs.data.instances import SceneDataError, read_json
-from threedrs.data.scene import open_scene
+from threedrs.data.scene import Scene
 
 
 @dataclass
@@ -66,7 +66,7 @@ def scene_object_boxes(root: Path, scene_ids: Sequence[str],
     """Ground-truth objects per scene from the instance files: (object ids, boxes [K, 6] float64)."""
     out = {}
     for scene_id in scene_ids:
-        objs = open_scene(root, scene_id, axis_alignment).objects
+        objs = Scene(root, scene_id, axis_alignment).objects
         boxes = np.stack([o.box for o in objs]) if objs else np.zeros((0, 6))
         out[scene_id] = ([o.object_id for o in objs], torch.from_numpy(boxes))
     return out

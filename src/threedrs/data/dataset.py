@@ -5,7 +5,8 @@ on: `FrameLists` file shared with `threedrs extract`), the world point of each v
 averaged over the adapter's token footprints), the cached teacher tokens, and the candidate boxes of the scene
 (ground-truth objects in training; detector proposals at evaluation). Nothing heavy is kept between items: frames
 are decoded and teacher files memory-mapped per item, so data-loader workers stay small; a scene's small facts
-(intrinsics, alignment, the poses of its listed frames) are read once per process (`open_scene`).
+(intrinsics, alignment, the poses of its listed frames) are read once per process: each data-loader worker keeps
+its own table of opened scenes, filled as its samples ask for them.
 
 A sample whose scene is missing from the teacher cache is an error at start-up that lists the missing scenes.
 """
@@ -25,7 +26,7 @@ from torch.utils.data import Dataset
 from threedrs.data.instances import SceneDataError
 from threedrs.data.preflight import BenchmarkInputs, prepare_training
 from threedrs.data.sampling import FrameLists, first_views
-from threedrs.data.scene import Scene, open_scene
+from threedrs.data.scene import Scene
 from threedrs.data.tasks import Sample
 from threedrs.geometry import depth_token_points
 
@@ -51,6 +52,7 @@ class SceneSampleDataset(Dataset):
                  gt_boxes: dict[str, tuple[list[int], Tensor]], cache=None, axis_alignment: str = "required"):
         self.samples, self.root, self.frame_lists = samples, Path(root), frame_lists
         self.axis_alignment = axis_alignment
+        self._scenes: dict[str, Scene] = {}  # opened in this process: intrinsics, alignment, poses read so far
         self.footprints, self.candidates, self.gt_boxes, self.cache = footprints, candidates, gt_boxes, cache
         scenes = sorted({s.scene_id for s in samples})
         for scene_id in scenes:
@@ -67,7 +69,7 @@ class SceneSampleDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
-        scene = open_scene(self.root, sample.scene_id, self.axis_alignment)
+        scene = self._scene(sample.scene_id)
         frame_ids = self.frame_lists(sample.scene_id)
         batch = scene.load_frames(frame_ids)
         height, width = batch.images.shape[-2:]
@@ -83,6 +85,13 @@ class SceneSampleDataset(Dataset):
             feats = self.cache.load(sample.scene_id, frame_ids)
             item["teacher"], item["teacher_valid"] = feats.tokens, feats.valid
         return item
+
+    def _scene(self, scene_id: str) -> Scene:
+        """The scene, opened once in this process and shared by all its samples (only the poses of the listed
+        frames are ever read: `Scene.pose`)."""
+        if scene_id not in self._scenes:
+            self._scenes[scene_id] = Scene(self.root, scene_id, self.axis_alignment)
+        return self._scenes[scene_id]
 
     def _target_indices(self, sample: Sample, cand: Candidates | None) -> list[int]:
         """Indices into the candidates of the sample's targets (training: object ids; proposals: none known)."""

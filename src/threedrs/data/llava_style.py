@@ -61,7 +61,7 @@ def _targets(meta: dict, task: str, where: str) -> list[int]:
     if "object_id" not in meta:
         raise SceneDataError(f"{where}: metadata has no object_id")
     ids = meta["object_id"]
-    return [object_id(x, where) for x in (ids if isinstance(ids, list) else [ids])]
+    return [object_id(x, where, "metadata.object_id") for x in (ids if isinstance(ids, list) else [ids])]
 
 
 def read_llava_style(path: Path) -> list[Sample]:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from threedrs.data.boxes import ProposalTable, read_box_table, scene_object_boxes
 from threedrs.data.instances import SceneDataError
 from threedrs.data.sampling import FrameLists
-from threedrs.data.scene import open_scene
+from threedrs.data.scene import Scene
 from threedrs.data.tasks import Sample, benchmark_paths, load_benchmark
 
 GROUNDING = ("scanrefer", "multi3drefer")
@@ -54,8 +54,9 @@ def check_scenes(root: Path, scene_ids: Sequence[str], axis_alignment: str, fram
                  progress: bool = False) -> None:
     """Each scene opens, gets its frame list (computed and kept now), whose frames all exist with valid poses,
     and its intrinsics fit its images."""
-    for scene_id in tqdm(scene_ids, desc="check scenes", unit="scene", disable=not progress):
-        scene = open_scene(root, scene_id, axis_alignment)
+    # the bar shows only when checking takes over a second (making frame lists can)
+    for scene_id in tqdm(scene_ids, desc="check scenes", unit="scene", disable=not progress, delay=1.0):
+        scene = Scene(root, scene_id, axis_alignment)
         if frame_lists is None:
             continue
         frame_ids = frame_lists(scene_id)
@@ -98,28 +99,34 @@ def check_proposals(task: str, scene_ids: Sequence[str], proposals: ProposalTabl
                              "chooses among them)")
 
 
-def load_checked(data, task: str, split: str, frame_lists: FrameLists | None, limit: int | None = None,
-                 progress: bool = False) -> BenchmarkInputs:
-    """Samples of one benchmark split (the first `limit`), with every check of the module docstring except the
-    proposal table. data: the run's DataConfig (root, label_map, axis_alignment)."""
+def load_checked(data, tasks: Sequence[str], split: str, frame_lists: FrameLists | None, limit: int | None = None,
+                 all_objects: bool = False, progress: bool = False) -> list[BenchmarkInputs]:
+    """Samples of each benchmark of `tasks` on `split` (the first `limit` of each), with every check of the module
+    docstring except the proposal table; each scene's files are read once. data: the run's DataConfig (root,
+    label_map, axis_alignment). Objects are loaded for the grounding and captioning scenes, or for every scene with
+    `all_objects` (training: the grounding head's candidates)."""
     root = Path(data.root)
-    samples = load_benchmark(root, task, split, data.label_map)[:limit]
-    scenes = sorted({s.scene_id for s in samples})
+    loaded = {task: load_benchmark(root, task, split, data.label_map)[:limit] for task in tasks}
+    scenes = sorted({s.scene_id for samples in loaded.values() for s in samples})
     check_scenes(root, scenes, data.axis_alignment, frame_lists, progress)
-    objects = scene_object_boxes(root, scenes, data.axis_alignment) if task in OBJECT_TASKS else {}
-    check_objects(samples, objects, benchmark_paths(root, task, split)[0])
-    return BenchmarkInputs(task, samples, objects)
+    with_objects = scenes if all_objects else sorted(
+        {s.scene_id for task, samples in loaded.items() if task in OBJECT_TASKS for s in samples})
+    objects = scene_object_boxes(root, with_objects, data.axis_alignment)
+    inputs = []
+    for task, samples in loaded.items():
+        check_objects(samples, objects, benchmark_paths(root, task, split)[0])
+        own = {s.scene_id for s in samples}
+        inputs.append(BenchmarkInputs(task, samples, {k: v for k, v in objects.items() if k in own}))
+    return inputs
 
 
 def prepare_evaluation(cfg, frame_lists: FrameLists | None, progress: bool = False) -> EvaluationInputs:
     """All benchmarks of `cfg.eval` (split, limit, proposals), loaded and checked before any model call."""
     e = cfg.eval
     proposals = read_box_table(Path(cfg.data.root) / e.proposals)
-    benchmarks = []
-    for task in e.benchmarks:
-        inputs = load_checked(cfg.data, task, e.split, frame_lists, e.limit, progress)
-        check_proposals(task, sorted({s.scene_id for s in inputs.samples}), proposals)
-        benchmarks.append(inputs)
+    benchmarks = load_checked(cfg.data, e.benchmarks, e.split, frame_lists, e.limit, progress=progress)
+    for inputs in benchmarks:
+        check_proposals(inputs.task, sorted({s.scene_id for s in inputs.samples}), proposals)
     return EvaluationInputs(proposals, benchmarks)
 
 
@@ -127,10 +134,9 @@ def prepare_training(cfg, frame_lists: FrameLists | None, split: str = "train",
                      progress: bool = False) -> BenchmarkInputs:
     """The whole training set of `cfg.train.tasks` on `split`, loaded and checked before the model is built; its
     `objects` cover every scene (the candidates of the grounding head in training)."""
-    root = Path(cfg.data.root)
-    samples = [s for task in cfg.train.tasks
-               for s in load_checked(cfg.data, task, split, frame_lists, progress=progress).samples]
+    benchmarks = load_checked(cfg.data, cfg.train.tasks, split, frame_lists, all_objects=True, progress=progress)
+    samples = [s for inputs in benchmarks for s in inputs.samples]
     if not samples:
-        raise SceneDataError(f"{root}: no {split} samples for tasks {cfg.train.tasks}")
-    objects = scene_object_boxes(root, sorted({s.scene_id for s in samples}), cfg.data.axis_alignment)
+        raise SceneDataError(f"{cfg.data.root}: no {split} samples for tasks {cfg.train.tasks}")
+    objects = {scene: table for inputs in benchmarks for scene, table in inputs.objects.items()}
     return BenchmarkInputs("+".join(cfg.train.tasks), samples, objects)

@@ -16,7 +16,6 @@ and counted, as EmbodiedScan's frame lists do.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -297,16 +296,6 @@ class Scene:
     def objects(self) -> list[ObjectBox]:
         """Annotated objects with aligned boxes, from the scan's mesh/segments/aggregation files."""
         return read_instances(self.scan_dir, self.scene_id, self.axis_align)
-
-
-@functools.lru_cache(maxsize=4096)
-def open_scene(root: str | Path, scene_id: str, axis_alignment: str = "required") -> Scene:
-    """The process's shared `Scene` of (root, scene_id): its intrinsics, alignment, the poses read so far and its
-    objects are read once per process (each data-loader worker has its own) and reused by every sample.
-
-    Use it where many samples touch few frames of a scene; avoid reading `frame_ids` on it (that keeps every
-    pose of the scan in memory for the life of the process)."""
-    return Scene(root, scene_id, axis_alignment)
 
 
 def split_scene_ids(root: str | Path, split: str) -> list[str]:

@@ -67,10 +67,10 @@ def json_records(path: Path, required: tuple[str, ...]) -> list[dict]:
     return data
 
 
-def object_id(value: object, where: str) -> int:
-    """An object id as the files write it (ScanRefer: a digit string, the others: an int) -> int >= 0."""
+def object_id(value: object, where: str, key: str = "object_id") -> int:
+    """An object id as the files write it under `key` (ScanRefer: a digit string, the others: an int) -> int."""
     if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
-        raise SceneDataError(f"{where}: object id {value!r} is not a non-negative integer (or its digit string)")
+        raise SceneDataError(f"{where}: {key} {value!r} is not a non-negative integer (or its digit string)")
     return int(value)
 
 
@@ -133,7 +133,7 @@ def read_multi3drefer(path: Path) -> list[Sample]:
             raise SceneDataError(f"{where}: eval_type {r['eval_type']!r} is not one of {MULTI3DREFER_EVAL_TYPES}")
         if not isinstance(r["object_ids"], list):
             raise SceneDataError(f"{where}: object_ids must be a list, got {r['object_ids']!r}")
-        targets = [object_id(t, where) for t in r["object_ids"]]
+        targets = [object_id(t, where, "object_ids") for t in r["object_ids"]]
         if r["eval_type"].startswith("zt") != (not targets):
             raise SceneDataError(f"{where}: eval_type {r['eval_type']!r} with {len(targets)} object_ids "
                                  "(zero-target types have none, the others at least one)")
@@ -181,7 +181,7 @@ def read_scanqa(paths: list[Path], split: str) -> list[Sample]:
             where = f"{path}: record {i}"
             question = _text(r, "question", where)
             prompt = f"{question} Answer the question simply."
-            targets = [object_id(t, where) for t in r.get("object_ids", [])]
+            targets = [object_id(t, where, "object_ids") for t in r.get("object_ids", [])]
             answers = list(r.get("answers", []))
             if split != "test" and not answers:
                 raise SceneDataError(f"{where}: question {r['question_id']} has no answers")
