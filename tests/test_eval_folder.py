@@ -142,3 +142,20 @@ def test_a_damaged_weights_file_is_one_clear_line_in_eval_and_probe(trained, tmp
     assert main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "damaged or truncated weights file" in err[0]
+
+
+def test_a_changed_label_table_refuses_the_scanrefer_predictions_it_labelled(trained, tmp_path):
+    """ScanRefer's unique / multiple labels come from ScanNet's label table: a table that changed since the
+    predictions were written is named, as a changed annotation file is."""
+    import shutil
+
+    root, work = trained
+    data = tmp_path / "rooms"
+    shutil.copytree(root, data)
+    run = tmp_path / "eval"
+    only = ["eval.benchmarks=[scanrefer]", "eval.limit=2", f"data.root={data}"]
+    evaluate(make_config(root, work, *only), run_dir=run, progress=False)
+    table = data / "scannet" / "scannetv2-labels.combined.tsv"
+    table.write_text(table.read_text() + table.read_text().splitlines()[-1] + "\n")  # one more row
+    with pytest.raises(ProvenanceError, match=r"scannetv2-labels\.combined\.tsv"):
+        evaluate(make_config(root, work, *only), run_dir=run, progress=False)

@@ -25,7 +25,8 @@ from pathlib import Path
 from threedrs.config import ExperimentConfig
 from threedrs.locking import FileLock
 from threedrs.provenance import (ProvenanceError, code_version, config_fields, digest, file_sha256,
-                                 fingerprint_files, read_record, refuse_if_different, write_record)
+                                 fingerprint_files, read_record, refuse_if_different, relative_path,
+                                 write_record)
 
 __all__ = ["eval_record", "open_eval", "recorded_ids"]
 
@@ -53,9 +54,13 @@ def eval_record(cfg: ExperimentConfig, checkpoint: dict, samples: dict[str, list
                 scene = Scene(root, scene_id, cfg.data.axis_alignment)
                 files = scene.source_files(frame_lists(scene_id), objects=True)
                 scene_digest[scene_id] = digest(fingerprint_files(files, root))
+        files = benchmark_paths(root, bench, e.split)
+        labels = root / cfg.data.label_map  # ScanRefer's unique / multiple labels come from it (data/labels.py)
+        if bench == "scanrefer" and labels.is_file():
+            files.append(labels)
         benchmarks[bench] = {
             "split": e.split, "limit": e.limit, "ids": [s.id for s in items],
-            "files": {p.relative_to(root).as_posix(): file_sha256(p) for p in benchmark_paths(root, bench, e.split)},
+            "files": {relative_path(p, root): file_sha256(p) for p in files},
             "scenes": {s: scene_digest[s] for s in sorted({s.scene_id for s in items})}}
     proposals = root / e.proposals
     return {"kind": "eval", "code": code_version(), "config": config_fields(cfg, "eval"), "checkpoint": checkpoint,

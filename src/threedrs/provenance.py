@@ -46,6 +46,7 @@ __all__ = [
     "read_record",
     "names",
     "refuse_if_different",
+    "relative_path",
     "scene_digests",
     "write_json_atomic",
     "write_record",
@@ -113,7 +114,7 @@ def fingerprint_files(paths: Iterable[Path], root: Path, verify: bool = False) -
         entry: list = [stat.st_size, stat.st_mtime_ns]
         if verify:
             entry.append(file_sha256(path))
-        out[_relative(path, root)] = entry
+        out[relative_path(path, root)] = entry
     return out
 
 
@@ -199,7 +200,9 @@ def write_json_atomic(path: Path, value: object, indent: int | None = 1) -> None
     os.replace(tmp, path)
 
 
-def _relative(path: Path, root: Path) -> str:
+def relative_path(path: Path, root: Path) -> str:
+    """`path` relative to `root` in POSIX form (paths are recorded so that a moved dataset keeps them); a path
+    outside `root` as it is."""
     try:
         return Path(path).relative_to(root).as_posix()
     except ValueError:
