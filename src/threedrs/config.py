@@ -78,6 +78,9 @@ class DataConfig:
     coverage_ratio: float = 1.0  # select_frames: keep frames until this share of voxels is covered (V3D: 0.9/0.95)
     label_map: str = "scannet/scannetv2-labels.combined.tsv"  # ScanNet label table for ScanRefer unique/multiple
     axis_alignment: Literal["required", "identity"] = "required"  # a scan without axisAlignment: error / identity
+    # prompt texts: threedrs (data/tasks.py) or video3dllm (their processed files' text after <image>, and their
+    # spatial instruction prepended in training only; data/prompt_style.py)
+    prompts: Literal["threedrs", "video3dllm"] = "threedrs"
 
     def validate(self) -> None:
         _check(self.frames >= 1, "data.frames", "must be at least 1")
@@ -143,6 +146,9 @@ class ModelConfig:
     # and float32 on the CPU (models/loading.py); training refuses bfloat16/float16 (no float32 master copy)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"  # attention kernel (from_pretrained)
+    # frame resize to the LLaVA vision input: torch bicubic with antialiasing on the float frame, or PIL
+    # bicubic on the 8-bit frame (what Video-3D LLM / 3DRS feed SigLIP: PIL Image.resize, then /255)
+    resize: Literal["antialias", "pil_bicubic"] = "antialias"
 
     def validate(self) -> None:
         _check(self.lora_rank >= 0, "model.lora_rank", "must be >= 0 (0 = off)")
@@ -157,6 +163,8 @@ class ModelConfig:
         _check(self.newline == "auto" or self.family in ("llava_onevision", "llava_next_video"), "model.newline",
                f"only the LLaVA families (llava_onevision, llava_next_video) have newline embeddings, not "
                f"{self.family}")
+        _check(self.resize == "antialias" or self.family in ("llava_onevision", "llava_next_video"), "model.resize",
+               f"pil_bicubic is for the LLaVA families (llava_onevision, llava_next_video), not {self.family}")
 
 
 @dataclass
@@ -169,6 +177,14 @@ class AlignConfig:
     infonce_temperature: float = 0.1  # temperature of the infonce loss
     posenc: bool = True  # add the Video-3D LLM 3D position encoding to the visual embeddings
     grounding_temperature: float = 0.07  # temperature of the grounding head's InfoNCE and scores
+    # each visual token's point for the position encoding: footprint = mean of the valid depth pixels of its
+    # footprint; pixel_blocks = Video-3D LLM's (the depth-resolution world map resized nearest to the vision input,
+    # each pooled token's block of it averaged, invalid depth at the camera centre; pixel_blocks.py)
+    posenc_points: Literal["footprint", "pixel_blocks"] = "footprint"
+    # grounding candidates: point_in_box = mean input embedding of the tokens whose point is in the box (+ the box
+    # centre's encoding); pixel_share = Video-3D LLM / 3DRS's (patch features with >= 50 % of their pixels in the
+    # box + centre encoding, averaged with the last-layer token states with >= 12.5 %; align/object_features.py)
+    object_features: Literal["point_in_box", "pixel_share"] = "point_in_box"
 
     def validate(self) -> None:
         _check(_finite(self.weight) and self.weight >= 0, "align.weight", "must be a number >= 0")
@@ -276,6 +292,11 @@ class ExperimentConfig:
     def validate(self) -> None:
         _check(0 <= self.seed < 2**32, "seed", "must lie in [0, 2**32) (numpy's seed range)")
         _check(bool(self.output_dir.strip()), "output_dir", "must name a folder")
+        for key, value, default in (("align.posenc_points", self.align.posenc_points, "footprint"),
+                                    ("align.object_features", self.align.object_features, "point_in_box")):
+            _check(value == default or self.model.family == "llava_onevision", key,
+                   f"{value} follows the pixels of LLaVA-OneVision's SigLIP patches and pooled tokens (the Video-3D "
+                   f"LLM / 3DRS model); model.family is {self.model.family}")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from threedrs.align.saved_heads import HEAD_PREFIXES, META_FILE, check_export_se
 from threedrs.align.task import AlignTask, Batch
 from threedrs.checkpoint import model_sha256, newest_checkpoint, read_model_weights
 from threedrs.config import ConfigError, ExperimentConfig
-from threedrs.data.dataset import Candidates, SceneSampleDataset, collate
+from threedrs.data.dataset import Candidates, SceneSampleDataset, collate, pixel_options
 from threedrs.data.instances import SceneDataError
 from threedrs.data.preflight import BenchmarkInputs, prepare_evaluation
 from threedrs.data.tasks import load_benchmark
@@ -78,8 +78,12 @@ def checkpoint_identity(cfg: ExperimentConfig, checkpoint: Path | None) -> dict:
     if is_exported(cfg.model.path):
         meta = read_heads(cfg.model.path).meta
         check_export_settings(meta, cfg)
-        print(f"evaluating the export {cfg.model.path} (step {meta['source']['step']} of {meta['source']['run']}, "
-              f"{meta['dtype']})")
+        source = meta.get("source") or {}
+        if "official" in source:
+            print(f"evaluating {cfg.model.path}, converted from the authors' {source['official']} checkpoint "
+                  f"{source['path']} ({meta['dtype']})")
+        else:
+            print(f"evaluating the export {cfg.model.path} (step {source['step']} of {source['run']}, {meta['dtype']})")
         return {"path": str(cfg.model.path), "sha256": file_sha256(Path(cfg.model.path) / META_FILE)}
     if checkpoint is None:
         print(f"evaluating the untrained model ({cfg.model.path or 'tiny random model'}; eval.checkpoint=none)")
@@ -109,7 +113,8 @@ def load_task(cfg: ExperimentConfig, checkpoint: Path | None, placement: Placeme
     loss = cfg.align.loss if (teacher_dim is not None or cfg.align.loss == "correspondence") else "none"
     task = AlignTask(build_adapter(cfg.model, placement), teacher_dim, loss=loss, weight=cfg.align.weight,
                      layers=tuple(cfg.align.layers), posenc=cfg.align.posenc,
-                     grounding_temperature=cfg.align.grounding_temperature)
+                     grounding_temperature=cfg.align.grounding_temperature,
+                     posenc_points=cfg.align.posenc_points, object_features=cfg.align.object_features)
     if cfg.model.lora_rank > 0 and saved is None:
         apply_lora(task, cfg)
     if state:
@@ -275,7 +280,7 @@ def _evaluate_benchmark(task: AlignTask, cfg: ExperimentConfig, prepared: Benchm
     scenes = sorted({s.scene_id for s in samples})
     cands = {s: Candidates(proposals[s], None) for s in scenes if s in proposals}
     dataset = SceneSampleDataset(pending, root, frame_lists, task.adapter.footprints, cands, gt,
-                                 axis_alignment=cfg.data.axis_alignment)
+                                 axis_alignment=cfg.data.axis_alignment, **pixel_options(cfg, task.adapter))
     device = task.adapter.model.get_input_embeddings().weight.device  # the batch goes where the model is
     bar = tqdm(total=len(samples), initial=len(samples) - len(pending), desc=f"eval {bench}", unit="sample",
                disable=not progress)

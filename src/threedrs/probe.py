@@ -11,7 +11,9 @@ One function per kind of model; `main_probe` runs the one ``probe.target`` names
 - `probe_model` (``probe.target=model``): the score of an MLLM's visual tokens at the LLM hidden states
   ``probe.layers`` (0 = the input embeddings, -1 = the last layer after the final norm), one scene at a time:
   the adapter of ``model.*`` (or a training checkpoint, ``probe.checkpoint``) sees the scene's frames followed by
-  ``probe.prompt``, with the 3D position encoding added to the visual embeddings when ``probe.posenc``. Token
+  ``probe.prompt``, with the 3D position encoding added to the visual embeddings when ``probe.posenc`` (of the
+  points ``align.posenc_points`` names, as in training; a folder from ``threedrs convert-official`` is probed as
+  the authors run it with configs/official_3drs.yaml). Token
   world points come from the adapter's own footprints, as in training. A frame the sampling rule repeats (the
   uniform rule repeats frames when a scan has fewer valid frames than ``data.frames``) is fed to the model as in
   training, but only its first copy is scored: a copy is the same view, not a second one, and would pair every
@@ -39,6 +41,7 @@ from tqdm import tqdm
 
 from threedrs.align.posenc import position_encoding
 from threedrs.config import ConfigError, CorrespondenceConfig, ExperimentConfig, load_config
+from threedrs.data.dataset import pixel_point_sets
 from threedrs.data.sampling import first_views
 from threedrs.data.scene import FrameBatch, Scene, split_scene_ids
 from threedrs.evaluate import load_task
@@ -264,6 +267,15 @@ def _probed_adapter(cfg: ExperimentConfig) -> tuple[MLLMAdapter, str]:
     return load_task(cfg, checkpoint, placement).adapter, f"{base}, weights of checkpoint {checkpoint}"
 
 
+def _offsets(cfg: ExperimentConfig, adapter: MLLMAdapter, batch: FrameBatch, points: Tensor, valid: Tensor) -> Tensor:
+    """[1, S, h, w, D] position encoding as training adds it: of the footprint points [S, h, w, 3] (valid [S, h, w]),
+    or under align.posenc_points=pixel_blocks of every token's pixel-block mean (data/dataset.py)."""
+    if cfg.align.posenc_points == "pixel_blocks":
+        points = pixel_point_sets(batch.depth, batch.depth_K, batch.poses, adapter.pixel_grid(), False)["posenc_points"]
+        valid = torch.isfinite(points).all(-1)
+    return position_encoding(points, valid, adapter.hidden_size)[None]
+
+
 def _check_layers(adapter: MLLMAdapter, layers: list[int]) -> None:
     """Raise ConfigError naming probe.layers when an index is outside the LLM's hidden states."""
     states = int(adapter.model.config.text_config.num_hidden_layers) + 1
@@ -300,7 +312,7 @@ def probe_model(cfg: ExperimentConfig, scenes: list[str] | None = None, progress
         world, depth_valid = depth_to_world(batch.depth.double(), batch.depth_K, batch.poses)
         points, valid = token_world_points(world, depth_valid, adapter.footprints(height, width), (height, width))
         points = torch.nan_to_num(points).float()  # as the training data: invalid tokens hold zeros
-        offsets = position_encoding(points, valid, adapter.hidden_size)[None].to(device) if p.posenc else None
+        offsets = _offsets(cfg, adapter, batch, points, valid).to(device) if p.posenc else None
         out = adapter(batch.images[None].to(device), [p.prompt], None, layers=tuple(p.layers), visual_offsets=offsets)
         first = first_views(frame_ids)
         scored = valid & first[:, None, None]

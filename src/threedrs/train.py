@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from threedrs.align.saved_heads import is_exported, load_saved_heads, read_heads
 from threedrs.align.task import GROUNDING_TASKS, AlignTask
 from threedrs.checkpoint import load_checkpoint, newest_checkpoint, save_checkpoint, verify_checkpoint
 from threedrs.config import ExperimentConfig
@@ -239,7 +240,11 @@ def _train(cfg: ExperimentConfig, resume: bool, progress: bool, overwrite: bool,
                      layers=tuple(cfg.align.layers), posenc=cfg.align.posenc,
                      infonce_temperature=cfg.align.infonce_temperature,
                      grounding_temperature=cfg.align.grounding_temperature,
-                     correspondence_voxel=cfg.correspondence.voxel)
+                     correspondence_voxel=cfg.correspondence.voxel, posenc_points=cfg.align.posenc_points,
+                     object_features=cfg.align.object_features)
+    if is_exported(cfg.model.path):  # an exported or converted folder: start from its heads too
+        unused = load_saved_heads(task, read_heads(cfg.model.path), cfg.model.path)
+        accelerator.print(f"heads from {cfg.model.path}" + (f" (not used here: {', '.join(unused)})" if unused else ""))
     if cfg.model.lora_rank > 0:
         apply_lora(task, cfg)
     if cfg.model.gradient_checkpointing:

@@ -1,8 +1,14 @@
 """The grounding head of Video-3D LLM / 3DRS (METHOD.md): score candidate boxes against the `<ground>` token.
 
-- Object features: for each candidate box, the mean of the visual embeddings (as they enter the LLM, without the
-  3D position encoding) of the visual tokens whose world point falls inside the box, plus the 3D position encoding
-  of the box centre; a box that contains no token gets zeros plus its centre encoding.
+- Object features (`align.object_features`):
+  - "point_in_box" (`object_features`): for each candidate box, the mean of the visual embeddings (as they enter the
+    LLM, without the 3D position encoding) of the visual tokens whose world point falls inside the box, plus the 3D
+    position encoding of the box centre; a box that contains no token gets zeros plus its centre encoding;
+  - "pixel_share" (`pixel_share_features`, Video-3D LLM / 3DRS's `object_feature_type=patch14-pe` with 3DRS's
+    `extract_object_feature`): the average of (a) the mean projector feature of the vision patches (27 x 27, before
+    pooling) with at least half of their pixels in the box, plus the box centre's encoding, and (b) the mean
+    last-layer LLM state of the pooled tokens (14 x 14) with at least an eighth of their block's pixels in the box;
+    a part without any patch or token is zeros. Pixels and their world points follow pixel_blocks.py.
 - A learned "no target" embedding is appended as the last candidate (used by Multi3DRefer's zero-target queries).
 - Query and object MLPs: Linear(D, D), ReLU, LayerNorm(D), Linear(D, D); score = cos(query, object) (the
   temperature 0.07 divides the scores inside the loss and the Multi3DRefer rule, as V3D does).
@@ -16,6 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from threedrs.align.posenc import PositionEncodingRange, position_encoding
+from threedrs.pixel_blocks import PixelGrid, cell_counts
+
+PATCH_SHARE = 0.5  # a vision patch belongs to a box when at least this share of its pixels is inside (patch14)
+TOKEN_SHARE = 0.125  # a pooled token belongs to a box when at least this share of its block is inside
 
 
 def _mlp(dim: int) -> nn.Sequential:
@@ -41,9 +51,36 @@ def object_features(embeddings: Tensor, points: Tensor, valid: Tensor, boxes: Te
     inside = points_in_boxes(points, valid, boxes).to(embeddings.dtype)  # [P, N]
     counts = inside.sum(1, keepdim=True).clamp(min=1)
     pooled = inside @ embeddings / counts
-    centre = position_encoding(boxes[:, :3].double(), torch.ones(len(boxes), dtype=torch.bool, device=boxes.device),
-                               embeddings.shape[-1], spec, dtype=embeddings.dtype)
-    return pooled + centre
+    return pooled + _centre_encoding(boxes, embeddings.shape[-1], spec, embeddings.dtype)
+
+
+def _centre_encoding(boxes: Tensor, channels: int, spec: PositionEncodingRange, dtype: torch.dtype) -> Tensor:
+    """[P, channels] position encoding of the box centres (boxes [P, 6])."""
+    return position_encoding(boxes[:, :3].double(), torch.ones(len(boxes), dtype=torch.bool, device=boxes.device),
+                             channels, spec, dtype=dtype)
+
+
+def _masked_means(inside: Tensor, features: Tensor) -> Tensor:
+    """Per-box mean [P, D] of features [N, D] over inside [P, N] bool (zeros for a box without any)."""
+    weights = inside.to(features.dtype)
+    return weights @ features / weights.sum(1, keepdim=True).clamp(min=1)
+
+
+def pixel_share_features(patches: Tensor, states: Tensor, pixels: Tensor, boxes: Tensor, grid: PixelGrid,
+                         spec: PositionEncodingRange = PositionEncodingRange()) -> Tensor:
+    """Candidate features [P, D] by pixel shares (module docstring, "pixel_share") of one sample.
+
+    patches: [S, n, n, D] projector features before pooling; states: [S, g, g, D] last-layer LLM states of the
+    pooled tokens; pixels: [S, >= n p, >= n p, 3] world point of each vision-input pixel (metres); boxes: [P, 6].
+    The shares are counted as their code counts them: int(p * p * 0.5) and int(b * b * 0.125) pixels (98 and 91).
+    """
+    d = patches.shape[-1]
+    patch_in = cell_counts(pixels, boxes, grid.patch, grid.patches) >= int(grid.patch ** 2 * PATCH_SHARE)
+    token_in = cell_counts(pixels, boxes, grid.block, grid.grid) >= int(grid.block ** 2 * TOKEN_SHARE)
+    from_patches = _masked_means(patch_in.flatten(1), patches.reshape(-1, d))
+    from_patches = from_patches + _centre_encoding(boxes, d, spec, patches.dtype)
+    from_states = _masked_means(token_in.flatten(1), states.reshape(-1, d).to(patches.dtype))
+    return (from_patches + from_states) / 2
 
 
 class GroundingHead(nn.Module):

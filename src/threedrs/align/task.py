@@ -5,6 +5,11 @@ step, log and checkpoint. Per sample the task loss is the text cross-entropy, or
 grounding samples (ScanRefer, Multi3DRefer); the 3DRS alignment loss (weight `align.weight`) is added on top for
 every sample (METHOD.md). The 3D position encoding of the visual tokens and of Scan2Cap's `<coord>` box is
 injected through the adapter, so no family needs a fork of transformers.
+
+Two settings reproduce Video-3D LLM / 3DRS's own rules (pixel_blocks.py): `posenc_points="pixel_blocks"` encodes
+each token at the mean world point of its pixel block (the batch's `posenc_points`, every token encoded, as theirs
+are) instead of its footprint's valid-depth mean; `object_features="pixel_share"` builds the grounding candidates
+from the projector's patch features and the last-layer token states by pixel shares (align/grounding.py).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from threedrs.align.correspondence_loss import correspondence_loss
-from threedrs.align.grounding import GroundingHead, object_features
+from threedrs.align.grounding import GroundingHead, object_features, pixel_share_features
 from threedrs.align.head import AlignmentHead
 from threedrs.align.loss import distillation_loss
 from threedrs.align.posenc import position_encoding
@@ -36,6 +41,9 @@ class Batch:
     [P_i, 6] (ground truth in training, proposals at evaluation).  coord_boxes: [B, 6] Scan2Cap prompt boxes
     (NaN rows for other samples).  target_ids: indices into that sample's `boxes` of the grounding targets.
     first_view: [B, S] bool, False for a frame that repeats an earlier one (uniform sampling of a short scan).
+    posenc_points: [B, S, h, w, 3] the points the position encoding reads under align.posenc_points=pixel_blocks
+    (None otherwise); pixel_points: [B, S, c, c, 3] the world point of every vision-input pixel the patches cover,
+    for align.object_features=pixel_share (None otherwise; data/dataset.py).
     """
 
     samples: list[Sample]
@@ -48,6 +56,8 @@ class Batch:
     first_view: Tensor
     teacher: Tensor | None = None
     teacher_valid: Tensor | None = None
+    posenc_points: Tensor | None = None
+    pixel_points: Tensor | None = None
 
     @property
     def ids(self) -> list[str]:
@@ -81,7 +91,9 @@ class Batch:
             token_valid=self.token_valid.to(device), boxes=[b.to(device) for b in self.boxes],
             coord_boxes=self.coord_boxes.to(device), first_view=self.first_view.to(device),
             teacher=None if self.teacher is None else self.teacher.to(device, torch.float32),
-            teacher_valid=None if self.teacher_valid is None else self.teacher_valid.to(device))
+            teacher_valid=None if self.teacher_valid is None else self.teacher_valid.to(device),
+            posenc_points=None if self.posenc_points is None else self.posenc_points.to(device),
+            pixel_points=None if self.pixel_points is None else self.pixel_points.to(device))
 
 
 class AlignTask(nn.Module):
@@ -89,16 +101,30 @@ class AlignTask(nn.Module):
 
     adapter: the MLLM; teacher_dim: teacher channels (None = no distillation head); loss: "l2norm" | "cosine" |
     "cosine+l2norm" | "infonce" | "correspondence" | "none" (the baseline); layers: LLM layers to supervise
-    (-1 = last, after the final norm); posenc: add the 3D position encoding to the visual embeddings.
+    (-1 = last, after the final norm); posenc: add the 3D position encoding to the visual embeddings;
+    posenc_points: "footprint" | "pixel_blocks" and object_features: "point_in_box" | "pixel_share" (module
+    docstring; the Video-3D LLM rules need an adapter with `pixel_grid()`, LLaVA-OneVision).
     """
 
     def __init__(self, adapter: MLLMAdapter, teacher_dim: int | None, loss: str = "l2norm", weight: float = 1.0,
                  layers: tuple[int, ...] = (-1,), posenc: bool = True, infonce_temperature: float = 0.1,
-                 grounding_temperature: float = 0.07, correspondence_voxel: float = 0.1):
+                 grounding_temperature: float = 0.07, correspondence_voxel: float = 0.1,
+                 posenc_points: str = "footprint", object_features: str = "point_in_box"):
         super().__init__()
         self.adapter = adapter
         self.loss_name, self.weight, self.layers, self.posenc = loss, weight, tuple(layers), posenc
         self.correspondence_voxel = correspondence_voxel
+        if posenc_points not in ("footprint", "pixel_blocks"):
+            raise ValueError(f"posenc_points: expected footprint or pixel_blocks, got {posenc_points!r}")
+        if object_features not in ("point_in_box", "pixel_share"):
+            raise ValueError(f"object_features: expected point_in_box or pixel_share, got {object_features!r}")
+        if posenc_points == "pixel_blocks" or object_features == "pixel_share":
+            if not hasattr(adapter, "pixel_grid"):
+                raise ValueError(f"{posenc_points} / {object_features}: the {adapter.family} adapter has no pixel "
+                                 "grid (Video-3D LLM's rules are for llava_onevision)")
+        self.posenc_points, self.object_features = posenc_points, object_features
+        if object_features == "pixel_share":
+            adapter.keep_patches = True  # its forward then returns the patch features before pooling
         dim = adapter.hidden_size
         self.ground_id, self.coord_id = adapter.add_special_tokens([GROUND_TOKEN, COORD_TOKEN])
         self.grounding = GroundingHead(dim, grounding_temperature)
@@ -124,6 +150,13 @@ class AlignTask(nn.Module):
         """[B, S, h, w, D] 3D position encoding of the visual tokens, or None when disabled."""
         if not self.posenc:
             return None
+        if self.posenc_points == "pixel_blocks":
+            if batch.posenc_points is None:
+                raise ValueError("align.posenc_points=pixel_blocks: the batch has no posenc_points (build the dataset "
+                                 "with the adapter's pixel grid, data/dataset.py pixel_options)")
+            points = batch.posenc_points
+            return position_encoding(points, torch.isfinite(points).all(-1), self.adapter.hidden_size,
+                                     dtype=self.dtype)
         return position_encoding(batch.token_points, batch.token_valid, self.adapter.hidden_size, dtype=self.dtype)
 
     def coord_offsets(self, batch: Batch) -> Tensor | None:
@@ -169,7 +202,14 @@ class AlignTask(nn.Module):
         return out.last_hidden[b, pos[-1, 0]]
 
     def candidate_features(self, batch: Batch, out, offsets: Tensor | None, b: int) -> Tensor:
-        """[P, D] object features of sample b's candidate boxes from the visual embeddings entering the LLM."""
+        """[P, D] object features of sample b's candidate boxes (align/grounding.py, by `object_features`)."""
+        if self.object_features == "pixel_share":
+            if batch.pixel_points is None or "patch_features" not in out.extras:
+                raise ValueError("align.object_features=pixel_share: needs the batch's pixel_points and the adapter's "
+                                 "patch features (data/dataset.py pixel_options; adapter.keep_patches)")
+            boxes = batch.boxes[b].to(out.last_hidden.device)
+            return pixel_share_features(out.extras["patch_features"][b], out.visual.hidden[-1][b],
+                                        batch.pixel_points[b], boxes, self.adapter.pixel_grid())
         emb = out.visual.hidden[0][b]  # [S, h, w, D] (includes the position encoding when enabled)
         if offsets is not None:
             emb = emb - offsets[b].to(emb.dtype)

@@ -8,6 +8,11 @@ are decoded and teacher files memory-mapped per item, so data-loader workers sta
 (intrinsics, alignment, the poses of its listed frames) are read once per process: each data-loader worker keeps
 its own table of opened scenes, filled as its samples ask for them.
 
+With a `pixel_grid` (align.posenc_points=pixel_blocks or align.object_features=pixel_share, the Video-3D LLM / 3DRS
+rules of pixel_blocks.py) an item also carries "posenc_points" [S, g, g, 3], the pooled tokens' block means the
+position encoding reads, and with `keep_pixels` "pixel_points" [S, n p, n p, 3], the world point of every pixel the
+vision patches cover (their grounding features count pixels per patch and per token).
+
 A sample whose scene is missing from the teacher cache is an error at start-up that lists the missing scenes.
 """
 
@@ -29,6 +34,7 @@ from threedrs.data.sampling import FrameLists, first_views
 from threedrs.data.scene import Scene
 from threedrs.data.tasks import Sample
 from threedrs.geometry import depth_token_points
+from threedrs.pixel_blocks import PixelGrid, block_points, pixel_world
 
 
 @dataclass
@@ -45,11 +51,16 @@ class SceneSampleDataset(Dataset):
     footprints: function (H, W) -> [h, w, 4] pixel boxes of the student's tokens in the original frame.
     candidates: scene id -> Candidates (GT objects for training, proposals for evaluation).
     cache: a teachers.cache.FeatureCache or None (no distillation target).
+    pixel_grid / keep_pixels: the Video-3D LLM point sets (module docstring); None / False = none.
     """
 
     def __init__(self, samples: list[Sample], root: str | Path, frame_lists: FrameLists,
                  footprints: Callable[[int, int], Tensor], candidates: dict[str, Candidates],
-                 gt_boxes: dict[str, tuple[list[int], Tensor]], cache=None, axis_alignment: str = "required"):
+                 gt_boxes: dict[str, tuple[list[int], Tensor]], cache=None, axis_alignment: str = "required",
+                 pixel_grid: PixelGrid | None = None, keep_pixels: bool = False):
+        if keep_pixels and pixel_grid is None:
+            raise ValueError("keep_pixels: needs the vision input's pixel_grid")
+        self.pixel_grid, self.keep_pixels = pixel_grid, keep_pixels
         self.samples, self.root, self.frame_lists = samples, Path(root), frame_lists
         self.axis_alignment = axis_alignment
         self._scenes: dict[str, Scene] = {}  # opened in this process: intrinsics, alignment, poses read so far
@@ -77,6 +88,8 @@ class SceneSampleDataset(Dataset):
                                                  self.footprints(height, width), (height, width))
         item = {"sample": sample, "frames": batch.images, "token_points": torch.nan_to_num(points).float(),
                 "token_valid": token_valid, "first_view": first_views(frame_ids)}
+        if self.pixel_grid is not None:
+            item.update(pixel_point_sets(batch.depth, batch.depth_K, batch.poses, self.pixel_grid, self.keep_pixels))
         cand = self.candidates.get(sample.scene_id)
         item["boxes"] = cand.boxes.float() if cand is not None else torch.zeros(0, 6)  # the model's dtype
         item["target_ids"] = self._target_indices(sample, cand)
@@ -121,6 +134,18 @@ class SceneSampleDataset(Dataset):
         return nan if best is None else cand.boxes[best].float()
 
 
+def pixel_point_sets(depth: Tensor, depth_K: Tensor, poses: Tensor, grid: PixelGrid, keep_pixels: bool) -> dict:
+    """{"posenc_points": [S, g, g, 3]} (+ {"pixel_points": [S, n p, n p, 3]} with keep_pixels), float32 metres, from
+    S frames' depth [S, Hd, Wd] (metres), depth intrinsics [3, 3] and aligned poses [S, 4, 4] (pixel_blocks.py;
+    computed in float32 as their code does)."""
+    pixels = pixel_world(depth.float(), depth_K.float(), poses.float(), grid.side)
+    out = {"posenc_points": block_points(pixels, grid)}
+    if keep_pixels:
+        span = grid.patches * grid.patch
+        out["pixel_points"] = pixels[:, :span, :span].contiguous()
+    return out
+
+
 def collate(items: list[dict]):
     """Stack dataset items into an align.task.Batch."""
     from threedrs.align.task import Batch
@@ -137,7 +162,12 @@ def collate(items: list[dict]):
                  boxes=[it["boxes"] for it in items], target_ids=[it["target_ids"] for it in items],
                  coord_boxes=torch.stack([it["coord_box"] for it in items]),
                  first_view=torch.stack([it["first_view"] for it in items]), teacher=teacher,
-                 teacher_valid=teacher_valid if teacher is not None else None)
+                 teacher_valid=teacher_valid if teacher is not None else None,
+                 posenc_points=_stacked(items, "posenc_points"), pixel_points=_stacked(items, "pixel_points"))
+
+
+def _stacked(items: list[dict], key: str) -> Tensor | None:
+    return torch.stack([it[key] for it in items]) if key in items[0] else None
 
 
 @dataclass
@@ -173,5 +203,13 @@ def build_training_data(cfg, adapter, split: str = "train", inputs: BenchmarkInp
         cache = FeatureCache(cfg.teacher.cache_dir, expected=CacheSpec.from_config(cfg))
         channels = int(cache.manifest["channels"])
     dataset = SceneSampleDataset(samples, root, frame_lists_for(cfg), adapter.footprints, candidates, gt, cache,
-                                 cfg.data.axis_alignment)
+                                 cfg.data.axis_alignment, **pixel_options(cfg, adapter))
     return TrainingData(dataset, collate, channels)
+
+
+def pixel_options(cfg, adapter) -> dict:
+    """The dataset's `pixel_grid` / `keep_pixels` for cfg.align's point rules (the adapter's `pixel_grid()`)."""
+    a = cfg.align
+    if a.posenc_points != "pixel_blocks" and a.object_features != "pixel_share":
+        return {}
+    return {"pixel_grid": adapter.pixel_grid(), "keep_pixels": a.object_features == "pixel_share"}

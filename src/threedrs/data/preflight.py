@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from threedrs.data.boxes import ProposalTable, read_box_table, scene_object_boxes
 from threedrs.data.instances import SceneDataError
+from threedrs.data.prompt_style import styled
 from threedrs.data.sampling import FrameLists
 from threedrs.data.scene import Scene
 from threedrs.data.tasks import Sample, benchmark_paths, load_benchmark
@@ -100,13 +101,15 @@ def check_proposals(task: str, scene_ids: Sequence[str], proposals: ProposalTabl
 
 
 def load_checked(data, tasks: Sequence[str], split: str, frame_lists: FrameLists | None, limit: int | None = None,
-                 all_objects: bool = False, progress: bool = False) -> list[BenchmarkInputs]:
+                 all_objects: bool = False, progress: bool = False, training: bool = False) -> list[BenchmarkInputs]:
     """Samples of each benchmark of `tasks` on `split` (the first `limit` of each), with every check of the module
     docstring except the proposal table; each scene's files are read once. data: the run's DataConfig (root,
-    label_map, axis_alignment). Objects are loaded for the grounding and captioning scenes, or for every scene with
-    `all_objects` (training: the grounding head's candidates)."""
+    label_map, axis_alignment, prompts: their texts for training or evaluation, data/prompt_style.py). Objects are
+    loaded for the grounding and captioning scenes, or for every scene with `all_objects` (training: the grounding
+    head's candidates)."""
     root = Path(data.root)
-    loaded = {task: load_benchmark(root, task, split, data.label_map)[:limit] for task in tasks}
+    loaded = {task: styled(load_benchmark(root, task, split, data.label_map)[:limit], data.prompts, training)
+              for task in tasks}
     scenes = sorted({s.scene_id for samples in loaded.values() for s in samples})
     check_scenes(root, scenes, data.axis_alignment, frame_lists, progress)
     with_objects = scenes if all_objects else sorted(
@@ -134,7 +137,8 @@ def prepare_training(cfg, frame_lists: FrameLists | None, split: str = "train",
                      progress: bool = False) -> BenchmarkInputs:
     """The whole training set of `cfg.train.tasks` on `split`, loaded and checked before the model is built; its
     `objects` cover every scene (the candidates of the grounding head in training)."""
-    benchmarks = load_checked(cfg.data, cfg.train.tasks, split, frame_lists, all_objects=True, progress=progress)
+    benchmarks = load_checked(cfg.data, cfg.train.tasks, split, frame_lists, all_objects=True, progress=progress,
+                              training=True)
     samples = [s for inputs in benchmarks for s in inputs.samples]
     if not samples:
         raise SceneDataError(f"{cfg.data.root}: no {split} samples for tasks {cfg.train.tasks}")

@@ -12,6 +12,10 @@ Newline embeddings (`newline`, the learned `image_newline` vector of the checkpo
   `mm_newline_position: grid`, which Video-3D LLM and 3DRS use: h x (w+1) tokens per frame, 14 x 15 at 384 px);
 - "none": no newline (transformers' LLaVA-NeXT-Video video layout).
 The `<video>` run is the grid and newline tokens in that order; newlines are never supervised and get no 3D offset.
+
+`keep_patches = True` makes `forward` also return the projector's features of every vision patch BEFORE pooling,
+`extras["patch_features"]` [B, S, n, n, D] (27 x 27 at 384 / 14): what Video-3D LLM / 3DRS's grounding head pools
+per object (align.object_features=pixel_share).
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ class LlavaVideoAdapter(PlaceholderAdapter):
 
     Subclasses set `model_type`, `model_class`, `config_class`, `processor_class`, `default_newline`,
     `default_mean` / `default_std` and implement `token_grid`, `_edges` and `_tiny_vision_config`.
-    newline: "grid" | "video" | "none" (module docstring); None = the family's transformers layout.
+    newline: "grid" | "video" | "none" (module docstring); None = the family's transformers layout. resize:
+    "antialias" | "pil_bicubic" (placeholder.py).
     """
 
     config_class: type  # the HF config class
@@ -41,13 +46,15 @@ class LlavaVideoAdapter(PlaceholderAdapter):
     default_std: tuple[float, float, float]
 
     def __init__(self, model: nn.Module, tokenizer, image_processor, template: ChatTemplate | None = None,
-                 newline: str | None = None):
+                 newline: str | None = None, resize: str = "antialias"):
         newline = newline or self.default_newline
         if newline not in NEWLINES:
             raise ValueError(f"newline: expected one of {', '.join(NEWLINES)}, got {newline!r}")
-        super().__init__(model, tokenizer, image_processor, template)
+        super().__init__(model, tokenizer, image_processor, template, resize)
         self.newline = newline
         self.video_token_id = int(model.config.video_token_id)
+        self.keep_patches = False
+        self._patch_features: Tensor | None = None  # [B, S, n, n, D] of the last _encode with keep_patches
 
     @classmethod
     def check_tokenizer(cls, tokenizer, config, where: str) -> None:
@@ -83,7 +90,16 @@ class LlavaVideoAdapter(PlaceholderAdapter):
         embeddings [B, n, D] of this layout (the checkpoint's `image_newline`, gradients flow to it)."""
         b, s = pixels.shape[:2]
         h, w = self.token_grid(1, 1)
-        feats = self.model.model.get_video_features(pixel_values_videos=pixels, return_dict=True).pooler_output
+        kept: list[Tensor] = []
+        hook = None
+        if self.keep_patches:  # the projector's output [B*S, n*n, D], before the pooling that follows it
+            hook = self.model.model.multi_modal_projector.register_forward_hook(lambda m, a, out: kept.append(out))
+        try:
+            feats = self.model.model.get_video_features(pixel_values_videos=pixels, return_dict=True).pooler_output
+        finally:
+            if hook is not None:
+                hook.remove()
+        self._patch_features = kept[0].reshape(b, s, self._patches, self._patches, -1) if kept else None
         if feats.shape[1] < s * h * w:
             raise RuntimeError(f"video features: expected {s * h * w} grid tokens per sample for {s} frames of "
                                f"{h}x{w}, the model returned {feats.shape[1]}")
@@ -91,6 +107,9 @@ class LlavaVideoAdapter(PlaceholderAdapter):
         count = {"grid": s * h, "video": 1, "none": 0}[self.newline]
         newline = self.model.model.image_newline.to(grid.dtype)
         return grid, newline.expand(b, count, -1)
+
+    def _encode_extras(self) -> dict[str, Tensor]:
+        return {} if self._patch_features is None else {"patch_features": self._patch_features}
 
     def placeholder_ids(self) -> list[int]:
         """`<image>` and `<video>` ids (generation never emits them)."""
@@ -109,7 +128,8 @@ class LlavaVideoAdapter(PlaceholderAdapter):
         raise NotImplementedError
 
     @classmethod
-    def _tiny(cls, seed: int, image_size: int, patch_size: int, newline: str | None) -> LlavaVideoAdapter:
+    def _tiny(cls, seed: int, image_size: int, patch_size: int, newline: str | None,
+              resize: str = "antialias") -> LlavaVideoAdapter:
         """A random tiny model of this family: the vision config of `_tiny_vision_config`, a 2-layer Qwen2 LLM
         (hidden 64) and an offline tokenizer with ChatML markers, `<image>` and `<video>` (no chat template: the
         family default); deterministic per seed, the global RNG state is left untouched."""
@@ -124,4 +144,4 @@ class LlavaVideoAdapter(PlaceholderAdapter):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = cls.model_class(config)
-        return cls(model.eval(), tokenizer, processor, newline=newline)
+        return cls(model.eval(), tokenizer, processor, newline=newline, resize=resize)

@@ -61,9 +61,9 @@ class LlavaNextVideoAdapter(LlavaVideoAdapter):
 
     @classmethod
     def tiny(cls, seed: int = 0, image_size: int = 56, patch_size: int = 7,
-             newline: str | None = None) -> LlavaNextVideoAdapter:
+             newline: str | None = None, resize: str = "antialias") -> LlavaNextVideoAdapter:
         """A random tiny LLaVA-NeXT-Video: CLIP (2 layers, hidden 32) + Qwen2 (2 layers, hidden 64), offline.
 
         The default 56 / 7 gives 8 x 8 patches average-pooled to 4 x 4, like the real 24 x 24 -> 12 x 12.
         """
-        return cls._tiny(seed, image_size, patch_size, newline)
+        return cls._tiny(seed, image_size, patch_size, newline, resize)

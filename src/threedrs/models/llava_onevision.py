@@ -22,6 +22,7 @@ from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGener
 from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
 
 from threedrs.models.llava_common import LlavaVideoAdapter
+from threedrs.pixel_blocks import PixelGrid
 
 
 class LlavaOnevisionAdapter(LlavaVideoAdapter):
@@ -46,6 +47,11 @@ class LlavaOnevisionAdapter(LlavaVideoAdapter):
         side = math.ceil(self._patches / 2)
         return side, side
 
+    def pixel_grid(self) -> PixelGrid:
+        """The vision input's pixel layout: side (384), patch (14) and pooled grid (14) (pixel_blocks.py)."""
+        vision = self.model.config.vision_config
+        return PixelGrid(int(vision.image_size), int(vision.patch_size), self.token_grid(1, 1)[0])
+
     def _edges(self) -> tuple[list[Fraction], list[Fraction]]:
         h, w = self.token_grid(1, 1)
         return [Fraction(k, h) for k in range(h + 1)], [Fraction(k, w) for k in range(w + 1)]
@@ -57,9 +63,9 @@ class LlavaOnevisionAdapter(LlavaVideoAdapter):
 
     @classmethod
     def tiny(cls, seed: int = 0, image_size: int = 63, patch_size: int = 7,
-             newline: str | None = None) -> LlavaOnevisionAdapter:
+             newline: str | None = None, resize: str = "antialias") -> LlavaOnevisionAdapter:
         """A random tiny LLaVA-OneVision: SigLIP (1 layer, hidden 32) + Qwen2 (2 layers, hidden 64), offline.
 
         The default 63 / 7 gives an odd 9 x 9 patch grid pooled to 5 x 5, like the real 27 x 27 -> 14 x 14.
         """
-        return cls._tiny(seed, image_size, patch_size, newline)
+        return cls._tiny(seed, image_size, patch_size, newline, resize)

@@ -4,6 +4,8 @@ InternVL).
 How a forward pass runs (the same for the three families; only the visual block and the encoder differ):
 1. frames [B, S, 3, H, W] in [0, 1] are resized to the vision tower's square input (bicubic, antialiased; every pixel
    of the frame is kept, no crop, no any-res tiling) and normalised with the checkpoint's image mean/std;
+   `resize="pil_bicubic"` resizes the 8-bit frame with PIL's bicubic filter instead, as Video-3D LLM / 3DRS do
+   (PIL `Image.resize` on the decoded JPEG, then / 255), so their model sees the very pixel values it was trained on;
 2. the family's own HF code encodes them (vision tower, projector, pooling / pixel shuffle) into a per-frame grid
    [B, S, h, w, D] of projected embeddings (+ model-made extras such as LLaVA-OneVision's newline);
 3. `visual_offsets` (e.g. the 3D position encoding) are ADDED to the grid embeddings (never to extras);
@@ -24,6 +26,7 @@ import json
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -36,6 +39,7 @@ from threedrs.models.prompt import (ChatTemplate, PromptBuilder, TokenBatch, Vis
                                     read_chat_template)
 
 CHATML_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+RESIZES = ("antialias", "pil_bicubic")
 
 
 def tiny_text_config(vocab_size: int) -> dict:
@@ -78,6 +82,19 @@ def grid_boxes(row_edges: list[Fraction], col_edges: list[Fraction], height: int
     return torch.stack([x0, y0, x1, y1], dim=-1)
 
 
+def pil_bicubic(frames: Tensor, side: int) -> Tensor:
+    """Frames [N, 3, H, W] in [0, 1] (8-bit values / 255, as decoded) resized to side x side with PIL's bicubic
+    filter on 8-bit RGB, as `PIL.Image.resize` does by default; returns [N, 3, side, side] float32 in [0, 1]."""
+    from PIL import Image
+
+    out = []
+    for frame in frames:
+        rgb = (frame * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        resized = Image.fromarray(rgb).resize((side, side), Image.Resampling.BICUBIC)
+        out.append(torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1))
+    return torch.stack(out).to(frames.device, torch.float32) / 255.0
+
+
 def pooled_edges(patches: int, stride: int) -> list[Fraction]:
     """Edges (fractions of the frame) of tokens that each pool `stride` patches of a `patches`-patch row.
 
@@ -92,8 +109,10 @@ class PlaceholderAdapter(MLLMAdapter):
 
     Subclass hooks: `model_type` (config.json's model_type), `placeholder` / `visual_item` (what the chat template
     writes for the frames), `check_tokenizer(tokenizer, config, where)`, `_frame_side` (vision input side, pixels),
-    `token_grid`, `_edges()`, `_visual_layout(num_frames)`, `_encode(pixels) -> (grid [B,S,h,w,D], extra [B,n,D])`
-    and `_part_modules()`. template: the chat template (None: the tokenizer's own, else the family default).
+    `token_grid`, `_edges()`, `_visual_layout(num_frames)`, `_encode(pixels) -> (grid [B,S,h,w,D], extra [B,n,D])`,
+    `_encode_extras()` (tensors of the last `_encode` that `forward` returns in `extras`) and `_part_modules()`.
+    template: the chat template (None: the tokenizer's own, else the family default); resize: "antialias" |
+    "pil_bicubic" (module docstring, step 1).
     """
 
     model_type: str = ""  # config.json's model_type of the family's checkpoints
@@ -102,8 +121,12 @@ class PlaceholderAdapter(MLLMAdapter):
     placeholder: str = "<video>"  # the text the chat template writes for the frames
     visual_item: str = "video"  # the frames are given to the template as one video
 
-    def __init__(self, model: nn.Module, tokenizer, image_processor, template: ChatTemplate | None = None):
+    def __init__(self, model: nn.Module, tokenizer, image_processor, template: ChatTemplate | None = None,
+                 resize: str = "antialias"):
         super().__init__()
+        if resize not in RESIZES:
+            raise ValueError(f"resize: expected one of {', '.join(RESIZES)}, got {resize!r}")
+        self.resize = resize
         self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor
@@ -151,6 +174,10 @@ class PlaceholderAdapter(MLLMAdapter):
 
     def _encode(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    def _encode_extras(self) -> dict[str, Tensor]:
+        """Tensors of the last `_encode` call that `forward` adds to its `extras` (none by default)."""
+        return {}
 
     def _part_modules(self) -> dict[str, list[nn.Module | nn.Parameter]]:
         raise NotImplementedError
@@ -207,7 +234,9 @@ class PlaceholderAdapter(MLLMAdapter):
                 raise ValueError("frames: values must lie in [0, 1]")
         side = self._frame_side
         x = frames.to(self.pixel_mean.device, torch.float32).reshape(b * s, 3, h, w)
-        if (h, w) != (side, side):
+        if (h, w) != (side, side) and self.resize == "pil_bicubic":
+            x = pil_bicubic(x, side)
+        elif (h, w) != (side, side):
             x = F.interpolate(x, size=(side, side), mode="bicubic", antialias=True, align_corners=False)
             x = x.clamp(0.0, 1.0)
         x = (x - self.pixel_mean) / self.pixel_std
@@ -281,7 +310,7 @@ class PlaceholderAdapter(MLLMAdapter):
         if labels is not None and (answer_loss is None or any(answer_loss)):
             loss, sample_loss = answer_cross_entropy(self.model.lm_head, states, labels)
         foot = self.footprints(h, w).to(frames.device).unsqueeze(0).repeat(s, 1, 1, 1)
-        extras = {"attention_mask": mask, "visual_index": index}
+        extras = {"attention_mask": mask, "visual_index": index, **self._encode_extras()}
         if labels is not None:
             extras["labels"] = labels
         return AdapterOutput(lm_loss=loss, visual=VisualTokens(hidden=hidden, footprint=foot), last_hidden=states,

@@ -49,6 +49,8 @@ def _build(cfg: ModelConfig, placement: Placement) -> MLLMAdapter:
                                                   image_size=cfg.image_size)
         return Qwen2VLAdapter.tiny(cfg.family, seed=cfg.tiny_seed, image_size=cfg.image_size or (42, 56))
     newline = {} if cfg.newline == "auto" else {"newline": cfg.newline}
+    if cfg.family in ("llava_onevision", "llava_next_video"):
+        newline["resize"] = cfg.resize
     if cfg.family == "llava_onevision":
         from threedrs.models.llava_onevision import LlavaOnevisionAdapter as cls
     elif cfg.family == "llava_next_video":
