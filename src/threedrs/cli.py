@@ -83,6 +83,12 @@ def _cmd_export(args: argparse.Namespace) -> None:
     main_export(args)
 
 
+def _cmd_convert_official(args: argparse.Namespace) -> None:
+    from threedrs.convert_official import main_convert
+
+    main_convert(args)
+
+
 def _cmd_score(args: argparse.Namespace) -> None:
     from threedrs.scoring import main_score
 
@@ -188,6 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight dtype (default auto: the base checkpoint's own, float32 for tiny models; float32 "
                         "keeps the float32 master weights exactly)")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("convert-official", help="convert the authors' Video-3D LLM / 3DRS checkpoint to a threedrs "
+                                                "model folder",
+                       description="Read a Video-3D LLM / 3DRS checkpoint folder (their LLaVA-NeXT config.json, "
+                                   "tokenizer, safetensors or .bin shards; .bin only through the restricted loader) "
+                                   "and write a folder plain transformers loads as LLaVA-OneVision, with their "
+                                   "grounding and alignment heads beside it (threedrs_heads.safetensors + .json) and "
+                                   "the settings of their inference path recorded. Every source tensor is mapped or "
+                                   "listed as dropped; nothing is written on an error. `threedrs eval "
+                                   "configs/official_3drs.yaml model.path=OUT` evaluates it.")
+    p.add_argument("src", help="the authors' checkpoint folder (config.json, tokenizer, weights)")
+    p.add_argument("out", help="new folder to write")
+    p.set_defaults(func=_cmd_convert_official)
 
     p = sub.add_parser("score", help="re-score an evaluation run's predictions files (no model needed)",
                        description="Read RUN_DIR/predictions/<benchmark>.jsonl (every benchmark present, or those "
