@@ -23,6 +23,7 @@ import argparse
 import json
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +84,9 @@ def _tokenizer(src: Path, config: dict):
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # transformers warns that config.json's model_type llava_qwen is not its own
     try:
-        tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
+        with warnings.catch_warnings():  # ... and that its rope_scaling key is deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise OfficialCheckpointError(f"{src}: no readable tokenizer files ({str(exc).splitlines()[0]})") from None
     finally:
@@ -131,7 +134,8 @@ def hf_config(checkpoint: OfficialCheckpoint, rows: int, image_id: int, video_id
     vision = _vision_config(checkpoint)
     if vision["hidden_size"] != c.get("mm_hidden_size"):
         raise OfficialCheckpointError(f"{checkpoint.folder / 'config.json'}: mm_hidden_size is "
-                                      f"{c.get('mm_hidden_size')}, the vision tower's tensors are {vision['hidden_size']} wide")
+                                      f"{c.get('mm_hidden_size')}, the vision tower's tensors are "
+                                      f"{vision['hidden_size']} wide")
     return LlavaOnevisionConfig(text_config=text, vision_config=vision, image_token_index=image_id,
                                 video_token_index=video_id, vision_feature_layer=-1,
                                 vision_feature_select_strategy="full", projector_hidden_act="gelu",
@@ -231,7 +235,8 @@ def _write_weights(folder: Path, targets: dict[str, str], read: _Reader, rows: i
         tensors = {k: _padded(read(targets[k]), rows) if k in padded else read(targets[k]).contiguous() for k in keys}
         save_file(tensors, str(folder / name), metadata={"format": "pt"})
     if len(shards) > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": {k: n for n, keys in zip(names, shards) for k in keys}}
+        weight_map = {k: n for n, keys in zip(names, shards) for k in keys}
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
