@@ -128,3 +128,21 @@ def test_the_data_carry_their_points(converted, synthrooms_tiny):
     blocks = world[:378, :378].reshape(14, 27, 14, 27, 3).mean(axis=(1, 3))
     np.testing.assert_allclose(item["posenc_points"][0].numpy(), blocks, atol=1e-4)
     np.testing.assert_allclose(item["pixel_points"][0].numpy(), world[:378, :378], atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_their_float16_eval_on_a_gpu_matches_float32(converted, synthrooms_tiny, tmp_path):
+    from threedrs.evaluate import evaluate
+
+    work, out = converted
+    runs = {}
+    for dtype in ("float16", "float32"):
+        cfg = official(synthrooms_tiny, work, out, f"model.dtype={dtype}", "eval.benchmarks=[scanrefer,multi3drefer]")
+        runs[dtype] = evaluate(cfg, run_dir=tmp_path / dtype, progress=False).run_dir
+    for bench in ("scanrefer", "multi3drefer"):
+        half, full = ([json.loads(x) for x in (runs[d] / "predictions" / f"{bench}.jsonl").read_text().splitlines()]
+                      for d in ("float16", "float32"))
+        for a, b in zip(half, full):
+            assert np.isfinite(a["scores"]).all()
+            np.testing.assert_allclose(a["scores"], b["scores"], atol=2e-2)
