@@ -108,12 +108,12 @@ def _vision_config(checkpoint: OfficialCheckpoint) -> dict:
     prefix = "model.vision_tower.vision_tower.vision_model."
     embed = t.get(prefix + "embeddings.patch_embedding.weight")
     fc1 = t.get(prefix + "encoder.layers.0.mlp.fc1.weight")
-    if embed is None or fc1 is None:
+    depth = [int(name[len(prefix):].split(".")[2]) for name in t if name.startswith(prefix + "encoder.layers.")]
+    if embed is None or fc1 is None or not depth:
         raise OfficialCheckpointError(f"{checkpoint.folder}: no SigLIP vision tower weights ({prefix}...); the "
                                       f"tower must be in the checkpoint (their mm_tunable_parts train it)")
-    layers = 1 + max(int(name[len(prefix):].split(".")[2]) for name in t if name.startswith(prefix + "encoder.layers."))
     return dict(model_type="siglip_vision_model", hidden_size=embed.shape[0], intermediate_size=fc1.shape[0],
-                num_hidden_layers=layers, vision_use_head=False, **SIGLIP)
+                num_hidden_layers=1 + max(depth), vision_use_head=False, **SIGLIP)
 
 
 def hf_config(checkpoint: OfficialCheckpoint, rows: int, image_id: int, video_id: int):
@@ -127,7 +127,8 @@ def hf_config(checkpoint: OfficialCheckpoint, rows: int, image_id: int, video_id
     if missing:
         raise OfficialCheckpointError(f"{checkpoint.folder / 'config.json'}: no {missing[0]}")
     text = dict(model_type="qwen2", **{k: c[k] for k in keys if k != "vocab_size"}, vocab_size=rows,
-                rope_theta=c.get("rope_theta", 1000000.0), hidden_act=c.get("hidden_act", "silu"),
+                rope_theta=c.get("rope_theta", 10000.0),  # absent: Qwen2Config's default in their transformers
+                hidden_act=c.get("hidden_act", "silu"),
                 sliding_window=c.get("sliding_window"), use_sliding_window=c.get("use_sliding_window", False),
                 max_window_layers=c.get("max_window_layers", c["num_hidden_layers"]),
                 bos_token_id=c.get("bos_token_id"), eos_token_id=c.get("eos_token_id"), tie_word_embeddings=False)
