@@ -27,15 +27,15 @@ def converted(tmp_path_factory):
 
 def official(root, work, out, *extra):
     return load_config("configs/official_3drs.yaml", [
-        f"data.root={root}", "data.frames=2", f"model.path={out}", "model.dtype=float32", f"output_dir={work}/run",
-        "eval.limit=2", "eval.max_new_tokens=4", "eval.meteor=false", *extra])
+        f"data.root={root}", "data.frames=2", "data.frame_source=all", f"model.path={out}", "model.dtype=float32",
+        f"output_dir={work}/run", "eval.limit=2", "eval.max_new_tokens=4", "eval.meteor=false", *extra])
 
 
 def test_eval_of_the_converted_folder_on_synthrooms(converted, synthrooms_tiny, capsys):
     work, out = converted
     args = ["eval", "configs/official_3drs.yaml", f"data.root={synthrooms_tiny}", "data.frames=2",
-            f"model.path={out}", "model.dtype=float32", f"output_dir={work}/run", "eval.limit=2",
-            "eval.max_new_tokens=4", "eval.meteor=false"]
+            "data.frame_source=all", f"model.path={out}", "model.dtype=float32", f"output_dir={work}/run",
+            "eval.limit=2", "eval.max_new_tokens=4", "eval.meteor=false"]
     assert main(args) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert f"converted from the authors' 3DRS checkpoint {work / 'src'}" in printed
@@ -107,7 +107,7 @@ def test_the_data_carry_their_points(converted, synthrooms_tiny):
 
     work, out = converted
     cfg = official(synthrooms_tiny, work, out)
-    sample = load_benchmark(synthrooms_tiny, "scanrefer", "val")[0]
+    sample = load_benchmark(synthrooms_tiny, "scanqa", "val")[0]
     frames = frame_lists_for(cfg)
     grid = PixelGrid(384, 14, 14)
     whole_frame = lambda h, w: torch.tensor([0, 0, w, h]).expand(14, 14, 4)  # noqa: E731 (footprints: unused here)
