@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from threedrs.config import ConfigError, ExperimentConfig, dump_yaml, load_config, parse_override
+from threedrs.config import ConfigError, ExperimentConfig, dump_yaml, explicit_keys, load_config, parse_override
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
 LAUNCHERS = Path(__file__).parent.parent / "configs" / "accelerate"
@@ -44,6 +44,8 @@ def test_dump_round_trips(tmp_path):
     ("data.frames=0", "data.frames: must be at least 1"),
     ("data.sampling=random", "data.sampling: 'random' is not one of 'uniform', 'max_coverage'"),
     ("correspondence.same_frame=2", "correspondence.same_frame: expected true or false"),
+    ("correspondence.recall_radius=0", "correspondence.recall_radius: must be positive"),
+    ("correspondence.recall_memory_mb=-1", "correspondence.recall_memory_mb: must be positive"),
     ("data=3", "data: expected a mapping"),
     ("frames", "must look like key=value"),
 ])
@@ -95,3 +97,11 @@ def test_parse_override_reads_yaml_values():
     assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
     assert load_config(None, ["correspondence.voxel=5e-2"]).correspondence.voxel == 0.05  # YAML reads 5e-2 as text
     assert parse_override("x=") == ("x", "")
+
+
+def test_explicit_keys_name_the_leaves_of_file_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\nprobe:\n  posenc: true\n  layers: [0]\n")
+    keys = explicit_keys(path, ["data.frames=4", "correspondence={voxel: 0.2}"])
+    assert keys == {"name", "probe.posenc", "probe.layers", "data.frames", "correspondence.voxel"}
+    assert explicit_keys() == set()

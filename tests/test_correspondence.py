@@ -1,4 +1,5 @@
-"""Tests of the 3D-awareness score against a brute-force pairwise implementation written here."""
+"""Tests of the 3D-awareness score, its background, contrast and recall against brute-force pairwise
+implementations written here."""
 
 from __future__ import annotations
 
@@ -71,6 +72,153 @@ def test_matches_brute_force(seed: int, variant: str, same_frame: bool) -> None:
     else:
         expected = sum(sum(v) / len(v) for v in per_voxel.values()) / len(per_voxel)
     assert result.score == pytest.approx(expected, abs=1e-5)
+
+
+def _brute_force_background(features, points, valid, voxel_size, same_frame):
+    """(cosines of all unordered pairs of the frame rule in different voxels, {voxel: mean cosine of its tokens
+    with the tokens of every other voxel}) by an explicit double loop."""
+    frames, rows, cols, channels = features.shape
+    f = features.reshape(-1, channels).to(F64)
+    f = f / f.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    sim = (f @ f.T).tolist()
+    voxel = [tuple(v) for v in torch.floor(points.reshape(-1, 3).to(F64) / voxel_size).long().tolist()]
+    ok = valid.reshape(-1).tolist()
+    frame = [i // (rows * cols) for i in range(len(ok))]
+    apart, per_voxel = [], defaultdict(list)
+    for i in range(len(ok)):
+        for j in range(len(ok)):
+            if i != j and ok[i] and ok[j] and voxel[i] != voxel[j] and (same_frame or frame[i] != frame[j]):
+                per_voxel[voxel[i]].append(sim[i][j])
+                if i < j:
+                    apart.append(sim[i][j])
+    return apart, {v: sum(x) / len(x) for v, x in per_voxel.items()}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("variant", ["pairs", "voxel_mean"])
+@pytest.mark.parametrize("same_frame", [False, True])
+def test_background_and_contrast_match_brute_force(seed: int, variant: str, same_frame: bool) -> None:
+    features, points, valid = _random_sample(seed)
+    features[0, 0, 0] = 0.0
+    points[~valid] = float("nan")
+    result = correspondence_score(features, points, valid, variant=variant, same_frame=same_frame)
+    apart, per_voxel_background = _brute_force_background(features, points, valid, 0.1, same_frame)
+    scoring_voxels = _brute_force(features, points, valid, 0.1, same_frame)
+    assert result.background_pairs == len(apart) > 0
+    if variant == "pairs":
+        expected = sum(apart) / len(apart)
+    else:  # the voxels the score averages, each with its tokens against every other voxel's
+        expected = sum(per_voxel_background[v] for v in scoring_voxels) / len(scoring_voxels)
+    assert result.background == pytest.approx(expected, abs=1e-6)
+    assert result.contrast == pytest.approx(result.score - expected, abs=1e-6)
+    assert result.recall is None and result.recall_chance is None  # not asked for
+
+
+def _brute_force_recall(features, points, valid, voxel_size, radius):
+    """(hits, queries, summed chance) by looping over every (valid token, other frame) pair."""
+    frames, rows, cols, channels = features.shape
+    f = features.reshape(-1, channels).to(F64)
+    f = f / f.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    sim = f @ f.T
+    p = points.reshape(-1, 3).to(F64)
+    cell = torch.floor(p / voxel_size).long()
+    ok = valid.reshape(-1)
+    hits = queries = 0
+    chance = 0.0
+    for i in ok.nonzero().squeeze(1).tolist():
+        for t in range(frames):
+            if t == i // (rows * cols):
+                continue
+            cand = [j for j in range(t * rows * cols, (t + 1) * rows * cols) if ok[j]]
+            if radius is None:
+                match = [bool((cell[j] == cell[i]).all()) for j in cand]
+            else:
+                match = [float((p[j] - p[i]).norm()) <= radius for j in cand]
+            if not any(match):
+                continue
+            best = max(range(len(cand)), key=lambda k: float(sim[i, cand[k]]))
+            hits += match[best]
+            queries += 1
+            chance += sum(match) / len(cand)
+    return hits, queries, chance
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("radius", [None, 0.12])
+@pytest.mark.parametrize("memory_mb", [1e-4, 256.0])  # one query per block, and all queries in one block
+def test_recall_matches_brute_force(seed: int, radius: float | None, memory_mb: float) -> None:
+    features, points, valid = _random_sample(seed, frames=4, rows=4, cols=3)
+    points[~valid] = float("nan")
+    result = correspondence_score(features, points, valid, recall=True, recall_radius=radius,
+                                  recall_memory_mb=memory_mb)
+    hits, queries, chance = _brute_force_recall(features, points, valid, 0.1, radius)
+    assert result.recall_queries == queries > 0
+    assert result.recall == pytest.approx(hits / queries, abs=1e-12)
+    assert result.recall_chance == pytest.approx(chance / queries, abs=1e-9)
+
+
+@pytest.mark.parametrize("variant", ["pairs", "voxel_mean"])
+@pytest.mark.parametrize("same_frame", [False, True])
+def test_collapsed_features_score_one_with_zero_contrast(variant: str, same_frame: bool) -> None:
+    gen = torch.Generator().manual_seed(16)
+    points = _points_in_voxels(gen, (6, 4, 5), 3, 0.1)
+    features = torch.randn(64, generator=gen, dtype=F64).expand(6, 4, 5, 64)  # one vector everywhere
+    result = correspondence_score(features, points, variant=variant, same_frame=same_frame)
+    assert result.pairs > 0 and result.background_pairs > 0
+    assert result.score == pytest.approx(1.0, abs=1e-12)
+    assert result.background == pytest.approx(1.0, abs=1e-12)
+    assert result.contrast == pytest.approx(0.0, abs=1e-12)
+
+
+def test_features_of_the_voxel_have_high_contrast_and_full_recall() -> None:
+    gen = torch.Generator().manual_seed(4)
+    frames, rows, cols = 6, 4, 5
+    points = _points_in_voxels(gen, (frames, rows, cols), 3, 0.1)
+    keys = torch.floor(points / 0.1).long()
+    keys -= keys.reshape(-1, 3).min(dim=0).values  # voxel indices from 0: one table row per voxel
+    table = torch.randn(*(keys.reshape(-1, 3).max(dim=0).values + 1).tolist(), 256, generator=gen, dtype=F64)
+    features = table[keys[..., 0], keys[..., 1], keys[..., 2]]
+    for variant in ("pairs", "voxel_mean"):
+        result = correspondence_score(features, points, variant=variant, recall=True)
+        assert result.score == pytest.approx(1.0, abs=1e-12)
+        assert abs(result.background) < 0.1 and result.contrast > 0.9  # distinct random vectors: cosine ~ 0
+        assert result.recall == 1.0 and result.recall_queries > 0
+        assert result.recall_chance < 0.5
+
+
+def test_random_features_have_no_contrast_and_chance_recall() -> None:
+    gen = torch.Generator().manual_seed(5)
+    frames, rows, cols = 8, 14, 14
+    features = torch.randn(frames, rows, cols, 256, generator=gen)
+    features += 3.0 * torch.randn(256, generator=gen)  # a shared component: high score, same background
+    points = _points_in_voxels(gen, (frames, rows, cols), 6, 0.1)
+    result = correspondence_score(features, points, recall=True)
+    assert result.score > 0.8 and abs(result.contrast) < 0.01
+    per_frame = rows * cols
+    assert 1 / per_frame <= result.recall_chance < 3 / per_frame  # the query's voxel holds >= 1 token of t
+    assert result.recall_queries > 5000
+    assert abs(result.recall - result.recall_chance) < 0.005  # binomial std ~ 0.0012 here
+
+
+def test_background_can_be_skipped_and_needs_two_voxels() -> None:
+    features, points, valid = _random_sample(17)
+    full = correspondence_score(features, points, valid, variant="voxel_mean")
+    alone = correspondence_score(features, points, valid, variant="voxel_mean", background=False)
+    assert alone.score == full.score and math.isnan(alone.background) and math.isnan(alone.contrast)
+    one_voxel = torch.full_like(points, 0.05)
+    for variant in ("pairs", "voxel_mean"):
+        result = correspondence_score(features, one_voxel, valid, variant=variant)
+        assert result.pairs > 0 and result.background_pairs == 0
+        assert math.isnan(result.background) and math.isnan(result.contrast)
+
+
+@pytest.mark.parametrize("variant", ["pairs", "voxel_mean"])
+def test_background_is_exact_over_blocks(monkeypatch: pytest.MonkeyPatch, variant: str) -> None:
+    features, points, valid = _random_sample(3, channels=33)
+    whole = correspondence_score(features, points, valid, variant=variant)
+    monkeypatch.setattr(correspondence, "_BLOCK_ELEMENTS", 3 * 33)
+    chunked = correspondence_score(features, points, valid, variant=variant)
+    assert chunked.background == pytest.approx(whole.background, abs=1e-12)
 
 
 @pytest.mark.parametrize("same_frame", [False, True])

@@ -14,7 +14,7 @@ import pytest
 from scipy.stats import spearmanr
 from test_scoring import SCANQA, SCANREFER, SQA3D, FakeMeteor, base, cube, make_run
 
-from threedrs import scoring
+from threedrs import eval_report, scoring
 from threedrs.metrics import report
 from threedrs.metrics.plots import plot_before_after, plot_quartiles, plot_training_curves
 from threedrs.metrics.report import (
@@ -159,8 +159,10 @@ def test_plots_write_png_without_touching_matplotlib_state(tmp_path) -> None:
                          tmp_path / "figs" / "q.png", "quartiles")
     assert out == tmp_path / "figs" / "q.png"
     assert_png(out)
-    assert_png(plot_before_after({"baseline": {"scanrefer": 0.3, "sqa3d": math.nan},
-                                  "3DRS": {"scanrefer": 0.5, "sqa3d": 0.4}}, tmp_path / "b.png"))
+    assert_png(plot_before_after({"score": {"baseline": {"scanrefer": 0.3, "sqa3d": math.nan},
+                                            "3DRS": {"scanrefer": 0.5, "sqa3d": 0.4}},
+                                  "contrast": {"baseline": {"scanrefer": 0.1}, "3DRS": {"scanrefer": -0.1}}},
+                                 tmp_path / "b.png"))
     logs = {"baseline": [{"step": s, "loss": 1 / s, "lm_loss": 0.5 / s} for s in range(1, 6)],
             "3DRS": [{"step": s, "loss": 1.2 / s, "align_loss": 0.3 / s} for s in range(1, 6)]}
     assert_png(plot_training_curves(logs, tmp_path / "t.png"))
@@ -172,8 +174,10 @@ def test_plots_bad_input(tmp_path) -> None:
         plot_quartiles({}, tmp_path / "q.png", "t")
     with pytest.raises(ValueError, match="at least 4 samples"):
         plot_quartiles({"scanqa": ([0.1, 0.2], [1, 2], "EM")}, tmp_path / "q.png", "t")
-    with pytest.raises(ValueError, match="means: no run"):
+    with pytest.raises(ValueError, match="means: no measure"):
         plot_before_after({}, tmp_path / "b.png")
+    with pytest.raises(ValueError, match=r"means\['score'\]: no run"):
+        plot_before_after({"score": {}}, tmp_path / "b.png")
     with pytest.raises(ValueError, match=r"logs\['a'\]\[1\]: a train-log record needs a 'step'"):
         plot_training_curves({"a": [{"step": 1, "loss": 1.0}, {"loss": 0.5}]}, tmp_path / "t.png")
     with pytest.raises(ValueError, match="none of the keys"):
@@ -211,7 +215,7 @@ def make_runs(tmp_path) -> list:
 
 def test_main_report_end_to_end(tmp_path, capsys) -> None:
     dirs = make_runs(tmp_path)
-    report.main_report(argparse.Namespace(runs=[str(d) for d in dirs], out=str(tmp_path / "out"),
+    eval_report.main_report(argparse.Namespace(runs=[str(d) for d in dirs], out=str(tmp_path / "out"),
                                           names="baseline,3DRS", layer="-1", no_meteor=True))
     assert "| baseline | 75.0 | 50.0 |" in capsys.readouterr().out
     text = (tmp_path / "out" / "report.md").read_text()
@@ -227,33 +231,35 @@ def test_main_report_end_to_end(tmp_path, capsys) -> None:
         for benchmark in ("scanrefer", "scanqa"):
             scores = [r["correspondence"]["-1"] for r in benchmarks[benchmark]]
             values = scoring.per_sample_values(benchmark, benchmarks[benchmark])[1]
-            assert f"| {spearmanr(scores, values).statistic:.3f} |" in text
+            assert f"| {spearmanr(scores, values).statistic:+.3f} |" in text
     # 3DRS quartiles of ScanRefer: hits sorted by score: (0.2: 0, 0.3: 0) (0.6: 1, 0.7: 1) ... -> 0, 100, 100, 100
     assert "| scanrefer | Q1 | 0.200 – 0.300 | 0.250 | 0.0 | 2 |" in text
     assert "| scanrefer | Q2 | 0.600 – 0.700 | 0.650 | 100.0 | 2 |" in text
-    assert "| scanqa | EM-refined | 4 | 0.0 | 100.0 | 100.0 | 100.0 |" in text
+    assert "| scanqa | score | EM-refined | 4 | 0.0 | 100.0 | 100.0 | 100.0 |" in text
     assert "baseline / sqa3d: 1 of 4 samples have a 3D-awareness score at layer -1; no quartiles" in text
     assert "3DRS / sqa3d: 0 of 4 samples" in text
     assert "## 3DRS minus baseline" in text and "| ScanRefer Acc@0.25 | 75.0 | 75.0 | +0.0 |" in text
     mean_refer = np.mean([r["correspondence"]["-1"] for r in RUNS["3DRS"]["scanrefer"]])
-    assert f"| scanrefer | {np.mean([0.5, 0.4, 0.1, 0.3, 0.6, 0.45, 0.2, 0.35]):.4f} | {mean_refer:.4f} |" in text
-    assert "| sqa3d | 0.3000 | – |" in text
+    mean_base = math.fsum([0.5, 0.4, 0.1, 0.3, 0.6, 0.45, 0.2, 0.35]) / 8  # 0.3625 exactly: prints 0.362
+    assert f"| scanrefer | {mean_base:.3f} | {mean_refer:.3f} |" in text
+    assert "| sqa3d | 0.300 | – |" in text
+    assert "- Runs by score: 3DRS (" in text and "standard error over samples" in text  # one seed each
 
 
 def test_report_reuses_fresh_metrics_and_rescores_stale(tmp_path, monkeypatch) -> None:
     run = make_run(tmp_path / "run", {"scanrefer": RUNS["3DRS"]["scanrefer"]})
-    report.build_report({"a": run}, tmp_path / "out", meteor=False)
+    eval_report.build_report({"a": run}, tmp_path / "out", meteor=False)
     calls = []
     real = scoring.score_run
-    monkeypatch.setattr(scoring, "score_run", lambda *a, **k: calls.append(a) or real(*a, **k))
-    report.build_report({"a": run}, tmp_path / "out", meteor=False)
+    monkeypatch.setattr(eval_report, "score_run", lambda *a, **k: calls.append(a) or real(*a, **k))
+    eval_report.build_report({"a": run}, tmp_path / "out", meteor=False)
     assert calls == []  # metrics.json is newer than the predictions and covers them
     newer = (run / "metrics.json").stat().st_mtime + 10
     os.utime(run / "predictions" / "scanrefer.jsonl", (newer, newer))
-    report.build_report({"a": run}, tmp_path / "out", meteor=False)
+    eval_report.build_report({"a": run}, tmp_path / "out", meteor=False)
     assert len(calls) == 1
     make_run(run, {"scanqa": SCANQA})  # a new predictions file: metrics.json no longer covers the run
-    report.build_report({"a": run}, tmp_path / "out", meteor=False)
+    eval_report.build_report({"a": run}, tmp_path / "out", meteor=False)
     assert len(calls) == 2 and "scanqa" in scoring.load_metrics(run / "metrics.json")["benchmarks"]
 
 
@@ -261,18 +267,18 @@ def test_report_without_scores_and_bad_arguments(tmp_path) -> None:
     run = make_run(tmp_path / "plain", {"sqa3d": SQA3D, "multi3drefer": [base(0, "mt", pred_boxes=[cube()],
                                                                                gt_boxes=[cube(), cube(3)],
                                                                                scores=[1.0, 0.0])]})
-    text = report.build_report({"plain": run}, tmp_path / "out", meteor=False).read_text()
+    text = eval_report.build_report({"plain": run}, tmp_path / "out", meteor=False).read_text()
     assert "No benchmark has enough 3D-awareness scores." in text and "![" not in text
     assert not list((tmp_path / "out").glob("*.png"))
     def args(names):
         return argparse.Namespace(runs=[str(run), str(run)], out="o", names=names, layer="-1", no_meteor=True)
 
     with pytest.raises(ValueError, match="--names: 1 names for 2 runs"):
-        report.main_report(args("a"))
-    with pytest.raises(ValueError, match="distinct"):
-        report.main_report(args(None))
+        eval_report.main_report(args("a"))
+    with pytest.raises(ValueError, match="runs: the same folder is given twice"):
+        eval_report.main_report(args(None))
     with pytest.raises(ValueError, match="runs: no run to report"):
-        report.build_report({}, tmp_path / "out")
+        eval_report.build_report({}, tmp_path / "out")
 
 
 def test_read_train_log(tmp_path) -> None:
@@ -291,10 +297,50 @@ def test_report_rescores_when_meteor_is_wanted_and_missing(tmp_path, monkeypatch
     monkeypatch.setattr(scoring, "MeteorSession", FakeMeteor)
     monkeypatch.setattr(FakeMeteor, "opened", 0)
     run = make_run(tmp_path / "run", {"scanqa": RUNS["3DRS"]["scanqa"]})
-    report.build_report({"a": run}, tmp_path / "out", meteor=False)
+    eval_report.build_report({"a": run}, tmp_path / "out", meteor=False)
     assert FakeMeteor.opened == 0 and not scoring.load_metrics(run / "metrics.json")["meteor"]
-    report.build_report({"a": run}, tmp_path / "out", meteor=True)  # cached metrics lack METEOR: re-scored
+    eval_report.build_report({"a": run}, tmp_path / "out", meteor=True)  # cached metrics lack METEOR: re-scored
     assert FakeMeteor.opened == 1 and scoring.load_metrics(run / "metrics.json")["meteor"]
-    report.build_report({"a": run}, tmp_path / "out", meteor=True)
-    report.build_report({"a": run}, tmp_path / "out", meteor=False)  # METEOR present but not needed: reused
+    eval_report.build_report({"a": run}, tmp_path / "out", meteor=True)
+    eval_report.build_report({"a": run}, tmp_path / "out", meteor=False)  # METEOR present but not needed: reused
     assert FakeMeteor.opened == 1
+
+
+def measured(records: list[dict], score, background, recall) -> list[dict]:
+    """Records with every 3D-awareness measure at layer -1 (contrast = score - background), recall chance 0.1."""
+    return [{**r, "correspondence": {"-1": s}, "background": {"-1": b}, "contrast": {"-1": s - b},
+             "recall": {"-1": c}, "recall_chance": 0.1} for r, s, b, c in zip(records, score, background, recall)]
+
+
+def test_report_sets_the_measures_side_by_side_over_seeds(tmp_path, capsys) -> None:
+    """Two recipes x two seeds: "new" has the LOWER score but the higher contrast and recall; the report's runs
+    table gives mean ± std over seeds, and its sentences name the contrast as what separates the recipes, with the
+    paired per-seed differences against their spread."""
+    i = np.arange(8)
+    recipes = {"base": [(0.80 + 0.01 * i, 0.10 + 0.001 * i, 0.2 + 0.01 * i),
+                        (0.82 + 0.01 * i, 0.102 + 0.001 * i, 0.21 + 0.01 * i)],
+               "new": [(0.70 + 0.01 * i, 0.30 + 0.001 * i, 0.5 + 0.01 * i),
+                       (0.71 + 0.01 * i, 0.304 + 0.001 * i, 0.52 + 0.01 * i)]}
+    dirs, names = [], []
+    for name, seeds in recipes.items():
+        for k, (score, contrast, recall) in enumerate(seeds):
+            dirs.append(str(make_run(tmp_path / f"{name}{k}", {"scanrefer": measured(REFER8, score, score - contrast,
+                                                                                       recall)})))
+            names.append(name)
+    eval_report.main_report(argparse.Namespace(runs=dirs, out=str(tmp_path / "out"), names=",".join(names),
+                                               layer="-1", no_meteor=True))
+    assert "| base | 75.0 ± 0.0 |" in capsys.readouterr().out  # Table 1 aggregated over the two seeds
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| run | score | background | contrast | recall | recall chance | seeds |" in text
+    base_scores = [float(np.mean(s)) for s, _, _ in recipes["base"]]
+    assert f"| base | {np.mean(base_scores):.3f} ± {np.std(base_scores, ddof=1):.3f} |" in text
+    for label, column in (("score", 0), ("contrast", 1), ("recall", 2)):
+        diffs = [float(np.mean(n[column]) - np.mean(b[column])) for b, n in zip(recipes["base"], recipes["new"])]
+        mean, spread = np.mean(diffs), np.std(diffs, ddof=1)
+        assert (f"{label} {mean:+.3f} ± {spread:.3f} ({abs(mean) / spread:.1f}x the seed spread)") in text
+    assert "- new minus base over 2 seeds:" in text and "The contrast separates them most" in text
+    assert "- Runs by score: base (" in text and "- Runs by contrast: new (" in text
+    assert "The measures disagree on the order of the runs" in text
+    for label in ("score", "background", "contrast", "recall"):
+        assert f"| scanrefer | {label} | Acc@0.25 | 16 |" in text  # quartiles over both seeds' samples
+    assert "Each cell: score / background / contrast / recall." in text

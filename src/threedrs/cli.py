@@ -96,7 +96,7 @@ def _cmd_score(args: argparse.Namespace) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
-    from threedrs.metrics.report import main_report
+    from threedrs.eval_report import main_report
 
     main_report(args)
 
@@ -219,14 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("report", help="tables, 3D-awareness quartile plots and charts for one or more evaluation runs",
-                       description="Score each run (or reuse its up-to-date metrics.json), split each benchmark's "
-                                   "samples into quartiles by the 3D-awareness score recorded in the predictions "
-                                   "(paper Fig. 2, with Spearman's rho), chart the mean score per run (Fig. 3b) and "
-                                   "write OUT/report.md with the PNG figures.")
+                       description="Score each run (or reuse its up-to-date metrics.json), set the 3D-awareness "
+                                   "measures recorded in the predictions (score, background, contrast, recall) side "
+                                   "by side with which one separates the runs against the seed spread, split each "
+                                   "benchmark's samples into quartiles by each measure (paper Fig. 2, with "
+                                   "Spearman's rho), chart the means per run (Fig. 3b) and write OUT/report.md with "
+                                   "the PNG figures.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="evaluation run folders; the first is the reference")
     p.add_argument("--out", required=True, help="output folder for report.md and the PNG figures")
-    p.add_argument("--names", default=None, help="comma-separated run names (default: the folder names)")
-    p.add_argument("--layer", default="-1", help="layer key of the predictions' correspondence scores (default -1)")
+    p.add_argument("--names", default=None, help="comma-separated run names (default: the folder names); runs "
+                                                 "given the same name are seeds of one recipe (mean ± std)")
+    p.add_argument("--layer", default="-1", help="layer key of the predictions' 3D-awareness measures (default -1)")
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR when a run has to be scored")
     p.set_defaults(func=_cmd_report)
 

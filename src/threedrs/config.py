@@ -99,9 +99,21 @@ class CorrespondenceConfig:
     voxel: float = 0.1  # voxel size in metres
     variant: Literal["pairs", "voxel_mean"] = "pairs"  # paper: mean over pairs; authors' code: per-voxel mean
     same_frame: bool = False  # also count pairs of tokens from the same frame (authors' code does)
+    recall: bool = False  # also compute correspondence recall (retrieval across frames; time ~ tokens^2 x C)
+    recall_radius: float | None = None  # recall's match: null = the same voxel; else points within this many metres
+    recall_memory_mb: float = 256.0  # bound on recall's working memory for its blocked similarity products, MiB
 
     def validate(self) -> None:
         _check(_finite(self.voxel) and self.voxel > 0, "correspondence.voxel", "must be a positive number of metres")
+        _check(self.recall_radius is None or (_finite(self.recall_radius) and self.recall_radius > 0),
+               "correspondence.recall_radius", "must be a positive number of metres, or null for the same voxel")
+        _check(_finite(self.recall_memory_mb) and self.recall_memory_mb > 0, "correspondence.recall_memory_mb",
+               "must be a positive number (MiB)")
+
+    def score_options(self) -> dict[str, Any]:
+        """These settings as keyword arguments of `threedrs.metrics.correspondence.correspondence_score`."""
+        return {"voxel_size": self.voxel, "variant": self.variant, "same_frame": self.same_frame,
+                "recall": self.recall, "recall_radius": self.recall_radius, "recall_memory_mb": self.recall_memory_mb}
 
 
 @dataclass
@@ -329,6 +341,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     cfg = from_dict(ExperimentConfig, values)
     validate(cfg)
     return cfg
+
+
+def explicit_keys(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> set[str]:
+    """The dotted keys (``probe.posenc``) that a YAML file and ``key=value`` overrides set; a section given as a
+    mapping names each of its leaves. Call after `load_config` has accepted the same arguments."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(values, key, value)
+
+    def leaves(node: dict[str, Any], prefix: str) -> set[str]:
+        out = set()
+        for key, value in node.items():
+            out |= leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+        return out
+
+    return leaves(values, "")
 
 
 def parse_override(item: str) -> tuple[str, Any]:

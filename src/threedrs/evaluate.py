@@ -17,6 +17,7 @@ would make on the data runs before the model is built (`threedrs.data.preflight.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,15 +178,21 @@ class PredictionsFile:
 
 
 def _probe(cfg: ExperimentConfig, hidden: dict[int, torch.Tensor], batch: Batch, i: int) -> dict:
-    """Sample i's 3D-awareness score at each probed layer (and the pair count of the last one)."""
-    c = cfg.correspondence
-    out, pairs = {}, 0
+    """Sample i's 3D-awareness at each probed layer: score ("correspondence"), "background" and "contrast" (and
+    "recall" with "recall_chance" when correspondence.recall), each {layer: value or None}, and the pair count of
+    the last layer (the threedrs.scoring record format)."""
+    out: dict = {"correspondence": {}, "background": {}, "contrast": {}}
+    pairs = 0
     for layer in cfg.eval.probe_layers:
         r = correspondence_score(hidden[layer][i].float(), batch.token_points[i], batch.pair_valid[i],
-                                 voxel_size=c.voxel, variant=c.variant, same_frame=c.same_frame)
-        out[str(layer)] = None if r.pairs == 0 else r.score
+                                 **cfg.correspondence.score_options())
+        for key, value in (("correspondence", r.score), ("background", r.background), ("contrast", r.contrast)):
+            out[key][str(layer)] = None if r.pairs == 0 or not math.isfinite(value) else value
+        if r.recall is not None:
+            out.setdefault("recall", {})[str(layer)] = r.recall if math.isfinite(r.recall) else None
+            out["recall_chance"] = r.recall_chance if math.isfinite(r.recall_chance) else None
         pairs = r.pairs
-    return {"correspondence": out, "pairs": pairs}
+    return out | {"pairs": pairs}
 
 
 def _grounding_records(task: AlignTask, cfg: ExperimentConfig, batch: Batch, gt: dict,

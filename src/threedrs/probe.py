@@ -19,10 +19,13 @@ One function per kind of model; `main_probe` runs the one ``probe.target`` names
   training, but only its first copy is scored: a copy is the same view, not a second one, and would pair every
   token with itself (cosine 1 at the input layer). The prompt follows the frames in every supported family, so
   for these causal LLMs the visual states, and the score, do not depend on it; text BEFORE the frames would
-  matter.
+  matter. A checkpoint is probed with the settings its run trained with (`threedrs.run_config`): model, heads,
+  position encoding, frames and layers come from ``<run>/config.yaml`` unless set explicitly.
 
-Both write ``<output_dir>/probe_<teacher>.json`` or ``<output_dir>/probe_model_<family>.json`` with the
-definition of the score (variant, same-frame rule, voxel size) next to the numbers, and print a markdown table.
+Every score comes with its background and contrast (`threedrs.metrics.correspondence`), and with the
+correspondence recall and its chance level when ``correspondence.recall``. Both write
+``<output_dir>/probe_<teacher>.json`` or ``<output_dir>/probe_model_<family>.json`` with the definition of the
+score (variant, same-frame rule, voxel size) next to the numbers, and print a markdown table.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from threedrs.align.posenc import position_encoding
-from threedrs.config import ConfigError, CorrespondenceConfig, ExperimentConfig, load_config
+from threedrs.config import ConfigError, CorrespondenceConfig, ExperimentConfig, explicit_keys, load_config
 from threedrs.data.dataset import pixel_point_sets
 from threedrs.data.sampling import first_views
 from threedrs.data.scene import FrameBatch, Scene, split_scene_ids
@@ -56,6 +59,7 @@ from threedrs.metrics.correspondence import (
 from threedrs.models.base import MLLMAdapter
 from threedrs.models.loading import compute_device, inference_placement
 from threedrs.models.registry import build_adapter
+from threedrs.run_config import checkpoint_and_run, non_default_keys, settings_from_run
 from threedrs.teachers.cache import CacheError, CacheSpec, FeatureCache, frame_lists_for
 
 __all__ = ["ModelProbeResult", "ProbeResult", "SceneLayerScores", "SceneScore", "main_probe",
@@ -64,7 +68,7 @@ __all__ = ["ModelProbeResult", "ProbeResult", "SceneLayerScores", "SceneScore", 
 
 @dataclass(frozen=True)
 class SceneScore:
-    """One scene's score; source: "cache" or "computed" (where the features came from)."""
+    """One scene's measures (CorrespondenceResult's fields); source: "cache" or "computed" (the features)."""
 
     scene_id: str
     score: float
@@ -72,6 +76,37 @@ class SceneScore:
     voxels: int
     tokens: int
     source: str
+    background: float = math.nan
+    contrast: float = math.nan
+    recall: float | None = None
+    recall_chance: float | None = None
+
+    @classmethod
+    def of(cls, scene_id: str, r: CorrespondenceResult, source: str) -> SceneScore:
+        return cls(scene_id, r.score, r.pairs, r.voxels, r.tokens, source, r.background, r.contrast, r.recall,
+                   r.recall_chance)
+
+
+def _number(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+def _measures(summary: DatasetCorrespondence, pooled: bool) -> list[str]:
+    """Score, background, contrast (and recall, its chance) of a dataset summary: the means over scenes or the
+    pooled ones."""
+    if pooled:
+        cells = [summary.pooled, summary.background_pooled, summary.contrast_pooled]
+        recall = [summary.recall_pooled, summary.recall_chance]
+    else:
+        cells = [summary.sample_mean, summary.background_mean, summary.contrast_mean]
+        recall = [summary.recall_mean, None]
+    return [_number(x) for x in cells + (recall if summary.recall_mean is not None else [])]
+
+
+READING = ("score: mean cosine of corresponding tokens (the paper's number); background: mean cosine of tokens "
+           "in different voxels; contrast = score - background (0 for collapsed or geometry-blind features); "
+           "recall: share of tokens whose most similar token in another view corresponds (chance: what "
+           "features unrelated to the scene would get).")
 
 
 @dataclass(frozen=True)
@@ -97,11 +132,19 @@ class ProbeResult:
                  f"{len(self.scenes)} scenes, {self.frames} frames ({self.sampling}), {self.grid[0]}x{self.grid[1]} "
                  f"tokens per frame, voxel {self.voxel} m, variant `{self.variant}`"
                  f"{', same-frame pairs included' if self.same_frame else ', pairs across frames'}.", "",
-                 "| scene | score | pairs | voxels | tokens | features |", "|---|---|---|---|---|---|"]
+                 READING, ""]
+        recall = self.summary.recall_mean is not None
+        header = ["scene", "score", "background", "contrast", *(["recall", "chance"] if recall else []),
+                  "pairs", "voxels", "tokens", "features"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for s in self.scenes:
-            lines.append(f"| {s.scene_id} | {s.score:.4f} | {s.pairs} | {s.voxels} | {s.tokens} | {s.source} |")
-        lines += ["", f"Mean over scenes: {self.summary.sample_mean:.4f} ({self.summary.scored_samples} of "
-                      f"{self.summary.samples} scenes have pairs); pooled over all pairs: {self.summary.pooled:.4f}."]
+            values = [s.score, s.background, s.contrast, *([s.recall, s.recall_chance] if recall else [])]
+            lines.append(f"| {s.scene_id} | " + " | ".join(_number(v) for v in values)
+                         + f" | {s.pairs} | {s.voxels} | {s.tokens} | {s.source} |")
+        for label, pooled in (("mean over scenes", False), ("pooled", True)):
+            lines.append(f"| {label} | " + " | ".join(_measures(self.summary, pooled)) + " | | | | |")
+        lines += ["", f"{self.summary.scored_samples} of {self.summary.samples} scenes have pairs; pooled: over "
+                      "all pairs (and all recall queries) of all scenes."]
         return "\n".join(lines) + "\n"
 
     def to_json(self) -> dict:
@@ -120,13 +163,15 @@ def _json_ready(value: object) -> object:
     return value
 
 
-def score_scene(features: Tensor, valid: Tensor, batch: FrameBatch, corr: CorrespondenceConfig) -> CorrespondenceResult:
-    """Correspondence score of one scene's tokens.
+def score_scene(features: Tensor, valid: Tensor, batch: FrameBatch, corr: CorrespondenceConfig,
+                device: torch.device | None = None) -> CorrespondenceResult:
+    """Correspondence measures of one scene's tokens.
 
     Args:
         features: [S, h, w, C] float tokens on the student grid (h, w). valid: [S, h, w] bool, tokens with features.
         batch: the S frames (depth in metres, depth intrinsics, aligned poses; the colour size sets the footprints).
-        corr: voxel size (metres), variant and same-frame rule.
+        corr: voxel size (metres), variant, same-frame rule, recall settings.
+        device: where to compute (None: the features' device).
     """
     frames, rows, cols = features.shape[:3]
     height, width = batch.images.shape[-2:]
@@ -134,8 +179,8 @@ def score_scene(features: Tensor, valid: Tensor, batch: FrameBatch, corr: Corres
     points, point_valid = token_world_points(world, depth_valid, grid_footprints(height, width, rows, cols),
                                              (height, width))
     scored = point_valid & valid.cpu() & first_views(batch.frame_ids)[:, None, None]  # a repeated frame counts once
-    return correspondence_score(features.float().cpu(), points, scored, voxel_size=corr.voxel,
-                                variant=corr.variant, same_frame=corr.same_frame)
+    return correspondence_score(features.float().to(device or features.device), points, scored,
+                                **corr.score_options())
 
 
 def _matching_cache(cfg: ExperimentConfig, spec: CacheSpec) -> FeatureCache | None:
@@ -174,14 +219,14 @@ def probe_teacher(cfg: ExperimentConfig, scenes: list[str] | None = None) -> Pro
         else:
             features, valid, _ = encode_scene(teacher, batch, spec.grid, cfg.teacher.batch_frames, device, dtype)
             source = "computed"
-        result = score_scene(features, valid, batch, cfg.correspondence)
+        result = score_scene(features, valid, batch, cfg.correspondence, device)
         scores.append((scene_id, result, source))
     corr = cfg.correspondence
     probe = ProbeResult(
         model=teacher.name, description=teacher.describe(),
         split=cfg.data.split if scenes is None else "selected scenes", grid=spec.grid, frames=cfg.data.frames,
         sampling=cfg.data.sampling, voxel=corr.voxel, variant=corr.variant, same_frame=corr.same_frame,
-        scenes=[SceneScore(s, r.score, r.pairs, r.voxels, r.tokens, src) for s, r, src in scores],
+        scenes=[SceneScore.of(s, r, src) for s, r, src in scores],
         summary=dataset_score([r for _, r, _ in scores]), seconds=time.perf_counter() - start)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -191,8 +236,9 @@ def probe_teacher(cfg: ExperimentConfig, scenes: list[str] | None = None) -> Pro
 
 @dataclass(frozen=True)
 class SceneLayerScores:
-    """One scene's score at each probed layer. pairs, voxels and tokens depend on the token points only, so every
-    layer shares them; repeated_frames: frames that repeat an earlier one of the list (fed, not scored)."""
+    """One scene's measures at each probed layer: scores, backgrounds, contrasts and recalls (None when not
+    computed) per layer. pairs, voxels, tokens and recall_chance depend on the token points only, so every layer
+    shares them; repeated_frames: frames that repeat an earlier one of the list (fed, not scored)."""
 
     scene_id: str
     scores: dict[int, float]
@@ -200,14 +246,27 @@ class SceneLayerScores:
     voxels: int
     tokens: int
     repeated_frames: int
+    backgrounds: dict[int, float] = dataclasses.field(default_factory=dict)
+    contrasts: dict[int, float] = dataclasses.field(default_factory=dict)
+    recalls: dict[int, float | None] = dataclasses.field(default_factory=dict)
+    recall_chance: float | None = None
+
+    @classmethod
+    def of(cls, scene_id: str, results: dict[int, CorrespondenceResult], repeated: int) -> SceneLayerScores:
+        first = next(iter(results.values()))
+        return cls(scene_id, {k: r.score for k, r in results.items()}, first.pairs, first.voxels, first.tokens,
+                   repeated, {k: r.background for k, r in results.items()},
+                   {k: r.contrast for k, r in results.items()}, {k: r.recall for k, r in results.items()},
+                   first.recall_chance)
 
 
 @dataclass(frozen=True)
 class ModelProbeResult:
-    """Per-scene and mean scores of an MLLM's visual tokens at several LLM layers, with the definition used.
+    """Per-scene and mean measures of an MLLM's visual tokens at several LLM layers, with the definition used.
 
-    model: the family; description: weights, position encoding and prompt; grid: (h, w) tokens per frame of the
-    first scene; summary: layer -> the dataset score over the scenes (mean over scenes and pooled over pairs).
+    model: the family; description: weights, position encoding and prompt; settings: where the token-shaping
+    settings of a checkpoint came from (`threedrs.run_config`); grid: (h, w) tokens per frame of the first scene;
+    summary: layer -> the dataset measures over the scenes (means over scenes and pooled).
     """
 
     model: str
@@ -226,25 +285,34 @@ class ModelProbeResult:
     scenes: list[SceneLayerScores]
     summary: dict[int, DatasetCorrespondence]
     seconds: float
+    settings: list[str] = dataclasses.field(default_factory=list)
 
     def table(self) -> str:
-        """Markdown: one row per scene with a score column per layer, then the two means per layer."""
-        cols = " | ".join(f"layer {k}" for k in self.layers)
+        """Markdown: one row per scene with score, background, contrast (and recall) per layer, then the means."""
+        recall = self.summary[self.layers[0]].recall_mean is not None
+        names = ["score", "background", "contrast", *(["recall"] if recall else [])]
         setting = (f"{len(self.scenes)} scenes, {self.frames} frames ({self.sampling}), {self.grid[0]}x{self.grid[1]} "
                    f"tokens per frame, voxel {self.voxel} m, variant `{self.variant}`"
                    f"{', same-frame pairs included' if self.same_frame else ', pairs across frames'}; repeated "
                    "frames are not scored.")
-        lines = [f"# 3D-awareness of {self.model} on {self.split}", "", self.description, "", setting, "",
-                 f"| scene | {cols} | pairs | voxels | tokens |", "|---|" + "---|" * (len(self.layers) + 3)]
+        header = ["scene", *(f"L{k} {n}" for k in self.layers for n in names), *(["chance"] if recall else []),
+                  "pairs", "voxels", "tokens"]
+        lines = [f"# 3D-awareness of {self.model} on {self.split}", "", self.description, "", *self.settings,
+                 *([""] if self.settings else []), setting, "", READING, "",
+                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for s in self.scenes:
-            scores = " | ".join(f"{s.scores[k]:.4f}" for k in self.layers)
-            lines.append(f"| {s.scene_id} | {scores} | {s.pairs} | {s.voxels} | {s.tokens} |")
-        means = " | ".join(f"{self.summary[k].sample_mean:.4f}" for k in self.layers)
-        pooled = " | ".join(f"{self.summary[k].pooled:.4f}" for k in self.layers)
+            cells = [v for k in self.layers
+                     for v in (s.scores[k], s.backgrounds[k], s.contrasts[k], *([s.recalls[k]] if recall else []))]
+            lines.append(f"| {s.scene_id} | " + " | ".join(_number(v) for v in cells)
+                         + (f" | {_number(s.recall_chance)}" if recall else "") + f" | {s.pairs} | {s.voxels} | "
+                         f"{s.tokens} |")
         first = self.summary[self.layers[0]]
-        lines += [f"| mean over scenes | {means} | | | |",
-                  f"| pooled over pairs | {pooled} | {first.pairs} | {first.voxels} | |", "",
-                  f"{first.scored_samples} of {first.samples} scenes have pairs."]
+        for label, pooled in (("mean over scenes", False), ("pooled", True)):
+            cells = [c for k in self.layers for c in _measures(self.summary[k], pooled)[:len(names)]]
+            chance = [_number(first.recall_chance) if pooled else ""] if recall else []
+            counts = [str(first.pairs), str(first.voxels), ""] if pooled else ["", "", ""]
+            lines.append(f"| {label} | " + " | ".join(cells + chance + counts) + " |")
+        lines += ["", f"{first.scored_samples} of {first.samples} scenes have pairs."]
         return "\n".join(lines) + "\n"
 
     def to_json(self) -> dict:
@@ -252,18 +320,15 @@ class ModelProbeResult:
         return _json_ready(asdict(self))
 
 
-def _probed_adapter(cfg: ExperimentConfig) -> tuple[MLLMAdapter, str]:
-    """The adapter to probe (``probe.checkpoint`` through `evaluate.load_task`, else `build_adapter`) and its
+def _probed_adapter(cfg: ExperimentConfig, checkpoint: Path | None) -> tuple[MLLMAdapter, str]:
+    """The adapter to probe (a checkpoint's through `evaluate.load_task`, else `build_adapter`) and its
     description."""
     m = cfg.model
     base = f"{m.family} from {m.path}" if m.path else f"{m.family} tiny random model (seed {m.tiny_seed})"
     placement = inference_placement(m, compute_device())
     base += f" ({placement.describe()})"
-    if cfg.probe.checkpoint is None:
+    if checkpoint is None:
         return build_adapter(m, placement).eval(), base
-    checkpoint = Path(cfg.probe.checkpoint)
-    if not (checkpoint / "model.safetensors").is_file():
-        raise FileNotFoundError(f"probe.checkpoint: {checkpoint} is not a training checkpoint (no model.safetensors)")
     return load_task(cfg, checkpoint, placement).adapter, f"{base}, weights of checkpoint {checkpoint}"
 
 
@@ -286,20 +351,30 @@ def _check_layers(adapter: MLLMAdapter, layers: list[int]) -> None:
 
 
 @torch.no_grad()
-def probe_model(cfg: ExperimentConfig, scenes: list[str] | None = None, progress: bool = True) -> ModelProbeResult:
+def probe_model(cfg: ExperimentConfig, scenes: list[str] | None = None, progress: bool = True,
+                explicit: set[str] | None = None) -> ModelProbeResult:
     """Score the MLLM's visual tokens at ``probe.layers`` on every scene of ``cfg.data.split`` (or ``scenes``).
 
     Per scene: frames [1, S, 3, H, W] from the run's frame lists and ``probe.prompt`` (no answer) go through the
     adapter, with the position encoding of the token world points added to the visual embeddings when
     ``probe.posenc``; each layer's tokens [S, h, w, D] are scored against the token points [S, h, w, 3] (metres,
     mean of the valid depth pixels of each token's footprint) with ``cfg.correspondence``; tokens without depth
-    and repeated frames are left out. Writes ``<output_dir>/probe_model_<family>.json``; print ``result.table()``.
+    and repeated frames are left out. With ``probe.checkpoint`` (a checkpoint folder, or a run folder for its
+    newest checkpoint) the settings that shaped the checkpoint's tokens come from the run's config.yaml except
+    the keys in ``explicit`` (default: those that differ from the defaults); what was taken is printed. Writes
+    ``<output_dir>/probe_model_<family>.json``; print ``result.table()``.
     """
     start = time.perf_counter()
+    checkpoint, settings = None, []
+    if cfg.probe.checkpoint is not None:
+        checkpoint, run = checkpoint_and_run(cfg.probe.checkpoint)
+        cfg, settings = settings_from_run(cfg, run, non_default_keys(cfg) if explicit is None else explicit)
+        for line in settings:
+            print(line)
     p, corr = cfg.probe, cfg.correspondence
     root = Path(cfg.data.root)
     scene_ids = extraction_scenes(root, scenes) if scenes is not None else split_scene_ids(root, cfg.data.split)
-    adapter, description = _probed_adapter(cfg)
+    adapter, description = _probed_adapter(cfg, checkpoint)
     _check_layers(adapter, p.layers)
     device = compute_device()
     adapter.to(device)
@@ -317,21 +392,20 @@ def probe_model(cfg: ExperimentConfig, scenes: list[str] | None = None, progress
         first = first_views(frame_ids)
         scored = valid & first[:, None, None]
         grid = grid or tuple(points.shape[1:3])
-        for layer in p.layers:
-            results[layer].append(correspondence_score(out.visual.hidden[layer][0].float().cpu(), points, scored,
-                                                       voxel_size=corr.voxel, variant=corr.variant,
-                                                       same_frame=corr.same_frame))
-        last = results[p.layers[0]][-1]
-        rows.append(SceneLayerScores(scene_id, {k: results[k][-1].score for k in p.layers}, last.pairs, last.voxels,
-                                     last.tokens, len(frame_ids) - int(first.sum())))
+        scene = {layer: correspondence_score(out.visual.hidden[layer][0].float(), points, scored,
+                                             **corr.score_options()) for layer in p.layers}
+        for layer, result in scene.items():
+            results[layer].append(result)
+        rows.append(SceneLayerScores.of(scene_id, scene, len(frame_ids) - int(first.sum())))
     description += (f"; 3D position encoding {'added to' if p.posenc else 'not added to'} the visual embeddings; "
                     f"prompt after the frames: {p.prompt!r}")
     probe = ModelProbeResult(
-        model=adapter.family, description=description, checkpoint=p.checkpoint,
+        model=adapter.family, description=description, checkpoint=None if checkpoint is None else str(checkpoint),
         split=cfg.data.split if scenes is None else "selected scenes", layers=list(p.layers), posenc=p.posenc,
         prompt=p.prompt, grid=grid, frames=cfg.data.frames, sampling=cfg.data.sampling, voxel=corr.voxel,
         variant=corr.variant, same_frame=corr.same_frame, scenes=rows,
-        summary={k: dataset_score(results[k]) for k in p.layers}, seconds=time.perf_counter() - start)
+        summary={k: dataset_score(results[k]) for k in p.layers}, seconds=time.perf_counter() - start,
+        settings=settings)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"probe_model_{probe.model}.json").write_text(json.dumps(probe.to_json(), indent=1) + "\n")
@@ -340,11 +414,11 @@ def probe_model(cfg: ExperimentConfig, scenes: list[str] | None = None, progress
 
 def main_probe(args: argparse.Namespace) -> None:
     """`threedrs probe CONFIG [k=v ...] [--scenes id1,id2]` (fields: config, overrides, scenes): the teacher or the
-    model, as ``probe.target`` says."""
+    model, as ``probe.target`` says; keys set in CONFIG or as k=v win over a probed checkpoint's own settings."""
     cfg = load_config(args.config, args.overrides)
     scenes = args.scenes.split(",") if args.scenes else None
     if cfg.probe.target == "model":
-        result = probe_model(cfg, scenes)
+        result = probe_model(cfg, scenes, explicit=explicit_keys(args.config, args.overrides))
         name = f"probe_model_{result.model}.json"
     else:
         result = probe_teacher(cfg, scenes)

@@ -2,7 +2,9 @@
 
 An evaluation run folder ``RUN/`` holds ``RUN/predictions/<benchmark>.jsonl``, one JSON object per line, appended
 as produced. Every line has ``"id"`` (str, unique in the file), ``"scene_id"`` (str), ``"question_type"`` (str)
-and optionally ``"correspondence"`` ({layer: 3D-awareness score or null}) and ``"pairs"`` (int >= 0), plus:
+and optionally the sample's 3D-awareness (`threedrs.metrics.correspondence`): ``"correspondence"`` (the score),
+``"background"``, ``"contrast"`` and ``"recall"``, each {layer: number or null}, ``"recall_chance"`` (number or
+null) and ``"pairs"`` (int >= 0), plus:
 
 - scanrefer: ``"pred_box"`` and ``"gt_box"`` ([cx, cy, cz, dx, dy, dz] in metres), ``"scores"`` (P + 1 floats);
 - multi3drefer: ``"pred_boxes"`` and ``"gt_boxes"`` (lists of boxes, possibly empty), ``"scores"`` (P + 1 floats);
@@ -27,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from threedrs.eval_folder import recorded_ids
+from threedrs.metrics.awareness import MEASURES
 from threedrs.metrics.captioning import MeteorSession, scan2cap_cider_per_sample, scan2cap_scores
 from threedrs.metrics.grounding import (
     MULTI3DREFER_EVAL_TYPES,
@@ -140,11 +143,14 @@ def _check_record(benchmark: str, record: object, where: str) -> None:
     if benchmark == "sqa3d" and sqa3d_question_type(record["question"]) != record["question_type"]:
         raise PredictionsError(f"{where}: question_type {record['question_type']!r} but the question is of type "
                                f"{sqa3d_question_type(record['question'])!r}")
-    corr = record.get("correspondence")
-    if corr is not None and not (isinstance(corr, dict)
-                                 and all(v is None or _is_number(v) for v in corr.values())):
-        raise PredictionsError(f"{where}: 'correspondence' must map layers to a number or null, "
-                               f"got {_short.repr(corr)}")
+    for key, _ in MEASURES:
+        layers = record.get(key)
+        if layers is not None and not (isinstance(layers, dict)
+                                       and all(v is None or _is_number(v) for v in layers.values())):
+            raise PredictionsError(f"{where}: {key!r} must map layers to a number or null, got {_short.repr(layers)}")
+    chance = record.get("recall_chance")
+    if chance is not None and not _is_number(chance):
+        raise PredictionsError(f"{where}: 'recall_chance' must be a number or null, got {_short.repr(chance)}")
     pairs = record.get("pairs")
     if pairs is not None and not (isinstance(pairs, int) and not isinstance(pairs, bool) and pairs >= 0):
         raise PredictionsError(f"{where}: 'pairs' must be an integer >= 0, got {_short.repr(pairs)}")

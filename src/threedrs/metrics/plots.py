@@ -1,5 +1,5 @@
-"""The report's figures as PNG files: metric per 3D-awareness quartile (paper Fig. 2), mean 3D-awareness score
-of several runs (Fig. 3b), training curves.
+"""The report's figures as PNG files: metric per 3D-awareness quartile (paper Fig. 2), the mean 3D-awareness
+measures of several runs (Fig. 3b), training curves.
 
 Figures are drawn on a ``matplotlib.figure.Figure`` with its own Agg canvas: pyplot and the global backend are
 never touched, so importing or calling this module changes no matplotlib state.
@@ -67,37 +67,43 @@ def plot_quartiles(per_benchmark: Mapping[str, tuple[Sequence[float], Sequence[f
     return _save(fig, path)
 
 
-def plot_before_after(means: Mapping[str, Mapping[str, float]], path: str | Path) -> Path:
-    """Paper Fig. 3b: grouped bars of the mean 3D-awareness score per benchmark, one bar per run, value labels.
+def plot_before_after(means: Mapping[str, Mapping[str, Mapping[str, float]]], path: str | Path) -> Path:
+    """Paper Fig. 3b, one panel per 3D-awareness measure (score, background, contrast, ...): grouped bars of the
+    mean per benchmark, one bar per run, value labels.
 
     Args:
-        means: run name -> {benchmark: mean score}, e.g. {"baseline": {...}, "3DRS": {...}}; a benchmark missing
-            (or NaN) for a run gets no bar.
+        means: measure label -> run name -> {benchmark: mean}, e.g. {"score": {"baseline": {...}, "3DRS": {...}}};
+            a benchmark missing (or NaN) for a run gets no bar.
         path: PNG file to write.
     Returns:
         ``path``.
     """
     if not means:
-        raise ValueError("means: no run to plot")
-    found = list(dict.fromkeys(b for run in means.values() for b in run))
+        raise ValueError("means: no measure to plot")
+    empty = [label for label, runs in means.items() if not runs]
+    if empty:
+        raise ValueError(f"means[{empty[0]!r}]: no run to plot")
+    found = list(dict.fromkeys(b for runs in means.values() for run in runs.values() for b in run))
     benchmarks = [b for b in _BENCHMARK_ORDER if b in found] + [b for b in found if b not in _BENCHMARK_ORDER]
     if not benchmarks:
         raise ValueError("means: no benchmark to plot")
-    fig = Figure(figsize=(1.6 * len(benchmarks) + 1.6, 3.6), layout="constrained")
-    ax = fig.subplots()
-    width = 0.8 / len(means)
-    for i, (run, values) in enumerate(means.items()):
-        xs = [j + (i - (len(means) - 1) / 2) * width for j, b in enumerate(benchmarks)
-              if math.isfinite(values.get(b, math.nan))]
-        ys = [values[b] for b in benchmarks if math.isfinite(values.get(b, math.nan))]
-        bars = ax.bar(xs, ys, width, label=run, color=colormaps["tab10"](i % 10))
-        ax.bar_label(bars, labels=[f"{y:.3f}" for y in ys], padding=2, fontsize=7)
-    ax.set_xticks(range(len(benchmarks)), benchmarks)
-    ax.axhline(0.0, color="black", linewidth=0.6)
-    ax.margins(y=0.15)
-    ax.set_ylabel("mean 3D-awareness score (cosine)")
-    ax.set_title("Mean 3D-awareness score per benchmark")
-    ax.legend(fontsize=8)
+    fig = Figure(figsize=((1.3 * len(benchmarks) + 1.2) * len(means) + 0.4, 3.6), layout="constrained")
+    axes = fig.subplots(1, len(means), squeeze=False)[0]
+    for ax, (label, runs) in zip(axes, means.items()):
+        width = 0.8 / len(runs)
+        for i, (run, values) in enumerate(runs.items()):
+            xs = [j + (i - (len(runs) - 1) / 2) * width for j, b in enumerate(benchmarks)
+                  if math.isfinite(values.get(b, math.nan))]
+            ys = [values[b] for b in benchmarks if math.isfinite(values.get(b, math.nan))]
+            bars = ax.bar(xs, ys, width, label=run, color=colormaps["tab10"](i % 10))
+            ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], padding=2, fontsize=6)
+        ax.set_xticks(range(len(benchmarks)), benchmarks, fontsize=7, rotation=20)
+        ax.axhline(0.0, color="black", linewidth=0.6)
+        ax.margins(y=0.15)
+        ax.set_title(f"mean {label}", fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.legend(fontsize=7)
+    fig.suptitle("3D-awareness per benchmark", fontsize=10)
     return _save(fig, path)
 
 

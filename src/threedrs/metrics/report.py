@@ -1,6 +1,7 @@
 """The correlation study and the report's tables: quartiles by 3D-awareness score (paper Fig. 2), Spearman's rho,
-tables in the layout of the paper's Table 1, differences between runs, mean and spread over seeds, and
-`threedrs report` (which also draws the figures of :mod:`threedrs.metrics.plots`).
+tables in the layout of the paper's Table 1, differences between runs, mean and spread over seeds. `threedrs
+report` (:mod:`threedrs.eval_report`) and the demo report put them together with the figures of
+:mod:`threedrs.metrics.plots`.
 
 A run's metrics are the ``{"benchmarks": {benchmark: scores}, "meteor": bool}`` dict that
 :func:`threedrs.scoring.score_run` returns and writes as ``metrics.json``; scores are percentages (x100).
@@ -8,10 +9,8 @@ A run's metrics are the ``{"benchmarks": {benchmark: scores}, "meteor": bool}`` 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,10 @@ __all__ = [
     "TABLE1_COLUMNS",
     "QuartileRow",
     "aggregate_seeds",
-    "build_report",
     "delta_table",
     "detail_table",
-    "main_report",
+    "MIN_QUARTILE_SAMPLES",
+    "markdown",
     "quartiles",
     "read_train_log",
     "results_table",
@@ -48,7 +47,8 @@ TABLE1_COLUMNS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 """(column label, benchmark, path in that benchmark's scores) for each column of the paper's Table 1."""
 
 _LABELS = tuple(label for label, _, _ in TABLE1_COLUMNS)
-_MIN_QUARTILE_SAMPLES = 4
+MIN_QUARTILE_SAMPLES = 4
+"""Fewest samples with a finite score that a quartile study accepts."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,8 @@ def quartiles(scores: Sequence[float], values: Sequence[float]) -> list[Quartile
     if bad.size:
         raise ValueError(f"values: sample {int(bad[0])} has a score but a non-finite metric value {v[bad[0]]}")
     s, v = s[keep], v[keep]
-    if s.size < _MIN_QUARTILE_SAMPLES:
-        raise ValueError(f"scores: quartiles need at least {_MIN_QUARTILE_SAMPLES} samples with a finite score, "
+    if s.size < MIN_QUARTILE_SAMPLES:
+        raise ValueError(f"scores: quartiles need at least {MIN_QUARTILE_SAMPLES} samples with a finite score, "
                          f"got {s.size}")
     bins = np.array_split(np.argsort(s, kind="stable"), 4)
     return [QuartileRow(q, float(s[b].min()), float(s[b].max()), float(s[b].mean()), float(v[b].mean()), b.size)
@@ -159,7 +159,8 @@ def _cell(value: object) -> str:
     return _number(_mean(value))
 
 
-def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table: one header row, a separator, one line per row of cells."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
@@ -180,7 +181,7 @@ def results_table(runs: Mapping[str, Mapping], with_chance: Mapping[str, float] 
         if unknown:
             raise ValueError(f"with_chance: unknown column {unknown[0]!r}, expected labels of TABLE1_COLUMNS")
         rows.append(["chance", *(_cell(with_chance.get(label, math.nan)) for label in _LABELS)])
-    return _markdown(["run", *_LABELS], rows)
+    return markdown(["run", *_LABELS], rows)
 
 
 def delta_table(a: Mapping, b: Mapping, names: tuple[str, str] = ("baseline", "3DRS")) -> str:
@@ -193,7 +194,7 @@ def delta_table(a: Mapping, b: Mapping, names: tuple[str, str] = ("baseline", "3
     row_a, row_b = table1_row(a), table1_row(b)
     rows = [[label, _cell(row_a[label]), _cell(row_b[label]),
              _number(_mean(row_b[label]) - _mean(row_a[label]), sign=True)] for label in _LABELS]
-    return _markdown(["metric", names[0], names[1], f"{names[1]} − {names[0]}"], rows)
+    return markdown(["metric", names[0], names[1], f"{names[1]} − {names[0]}"], rows)
 
 
 def _aggregate(items: list, where: str) -> object:
@@ -236,7 +237,7 @@ def detail_table(result: Mapping) -> str:
     columns = list(dict.fromkeys(key for scores in groups.values() for key in scores))
     columns.sort(key=lambda key: key in ("count", "detected"))  # stable: score columns first
     rows = [[group, *(_cell(scores.get(key, math.nan)) for key in columns)] for group, scores in groups.items()]
-    return _markdown(["group" if grouped else "", *columns], rows)
+    return markdown(["group" if grouped else "", *columns], rows)
 
 
 def read_train_log(path: str | Path) -> list[dict]:
@@ -254,135 +255,3 @@ def read_train_log(path: str | Path) -> list[dict]:
             raise ValueError(f"{path}, line {number}: expected an object with a numeric 'step'")
         records.append(record)
     return records
-
-
-def _layer_score(record: Mapping, layer: str) -> float:
-    value = (record.get("correspondence") or {}).get(layer)
-    return float(value) if _is_number(value) else math.nan
-
-
-def _run_metrics(run: Path, meteor: bool) -> dict:
-    """metrics.json when it is newer than every predictions file, readable and covers them all (with METEOR if
-    wanted), else a fresh :func:`threedrs.scoring.score_run`."""
-    from threedrs.scoring import BENCHMARKS, load_metrics, predictions_path, score_run  # scoring imports us
-
-    files = [predictions_path(run, b) for b in BENCHMARKS if predictions_path(run, b).is_file()]
-    cached = run / "metrics.json"
-    if files and cached.is_file() and cached.stat().st_mtime >= max(f.stat().st_mtime for f in files):
-        try:
-            metrics = load_metrics(cached)
-        except ValueError:  # a damaged metrics.json is only a cache of the scores: score again
-            return score_run(run, meteor=meteor)
-        wants_meteor = meteor and any(f.stem in ("scan2cap", "scanqa") for f in files)
-        if set(metrics["benchmarks"]) == {f.stem for f in files} and (metrics.get("meteor") or not wants_meteor):
-            return metrics
-    return score_run(run, meteor=meteor)
-
-
-def _file_name(index: int, name: str) -> str:
-    return f"{index}_{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}"
-
-
-def build_report(runs: Mapping[str, str | Path], out: str | Path, layer: str = "-1", meteor: bool = True) -> Path:
-    """Score (or read) each run, draw the figures and write ``OUT/report.md``; returns its path.
-
-    Per run: the Table-1 metrics, the per-sample metric of each benchmark against the 3D-awareness score that
-    the predictions record at ``layer`` (quartile plot, quartile tables, Spearman's rho; a benchmark with fewer
-    than 4 scored samples is skipped and the report says so). Across runs: every run minus the first, the mean
-    score per benchmark (before/after chart), and training curves of runs with a ``train_log.jsonl``.
-
-    Args:
-        runs: run name -> run folder (with ``predictions/``), the first being the reference (e.g. baseline).
-        out: output folder (created); the PNG files are written next to report.md.
-        layer: key of the predictions' "correspondence" mapping (e.g. "-1").
-        meteor: compute METEOR when a run has to be scored.
-    """
-    from threedrs.metrics.plots import plot_before_after, plot_quartiles, plot_training_curves
-    from threedrs.scoring import per_sample_values, predictions_path, read_predictions
-
-    if not runs:
-        raise ValueError("runs: no run to report")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics, studies, means, logs, notes = {}, {}, {}, {}, []
-    for name, run in runs.items():
-        run = Path(run)
-        metrics[name] = _run_metrics(run, meteor)
-        studies[name], means[name] = {}, {}
-        for benchmark in metrics[name]["benchmarks"]:
-            records = read_predictions(predictions_path(run, benchmark), benchmark)
-            scores = [_layer_score(r, layer) for r in records]
-            finite = [s for s in scores if math.isfinite(s)]
-            if finite:
-                means[name][benchmark] = float(np.mean(finite))
-            if len(finite) < _MIN_QUARTILE_SAMPLES:
-                notes.append(f"{name} / {benchmark}: {len(finite)} of {len(records)} samples have a 3D-awareness "
-                             f"score at layer {layer}; no quartiles ({_MIN_QUARTILE_SAMPLES} needed).")
-                continue
-            metric, values = per_sample_values(benchmark, records)
-            studies[name][benchmark] = (scores, values, metric)
-        if (run / "train_log.jsonl").is_file():
-            logs[name] = read_train_log(run / "train_log.jsonl")
-
-    names = list(runs)
-    lines = ["# 3DRS evaluation report", "", "Runs:", *(f"- **{n}**: `{Path(r)}`" for n, r in runs.items()), "",
-             (f"3D-awareness scores: the per-sample `correspondence` values at layer {layer} recorded in the "
-              "predictions files. Benchmark scores are percentages (x100)."), "",
-             "## Results (paper Table 1 layout)", "", results_table(metrics), ""]
-    for other in names[1:]:
-        lines += [f"## {other} minus {names[0]}", "", delta_table(metrics[names[0]], metrics[other],
-                                                                  (names[0], other)), ""]
-    lines += ["## 3D-awareness quartiles and downstream metric (paper Fig. 2)", ""]
-    for index, name in enumerate(names):
-        if not studies[name]:
-            lines += [f"### {name}", "", "No benchmark has enough 3D-awareness scores.", ""]
-            continue
-        image = f"quartiles_{_file_name(index, name)}.png"
-        plot_quartiles(studies[name], out / image, f"{name}: metric per 3D-awareness quartile (layer {layer})")
-        lines += [f"### {name}", "", f"![{name} quartiles]({image})", "",
-                  _study_tables(studies[name]), ""]
-    if any(means.values()):
-        plot_before_after({n: m for n, m in means.items() if m}, out / "before_after.png")
-        benchmarks = list(dict.fromkeys(b for m in means.values() for b in m))
-        rows = [[b, *(f"{means[n][b]:.4f}" if b in means[n] else "–" for n in names)] for b in benchmarks]
-        lines += ["## Mean 3D-awareness score per benchmark (paper Fig. 3b)", "",
-                  "![mean 3D-awareness score](before_after.png)", "", _markdown(["benchmark", *names], rows), ""]
-    if logs:
-        plot_training_curves(logs, out / "training_curves.png")
-        lines += ["## Training curves", "", "![training curves](training_curves.png)", ""]
-    if notes:
-        lines += ["## Notes", "", *(f"- {note}" for note in notes), ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def _study_tables(study: Mapping[str, tuple[list[float], list[float], str]]) -> str:
-    """Per benchmark of one run: Spearman's rho and the quartile means, then each quartile's score range."""
-    summary, detail = [], []
-    for benchmark, (scores, values, metric) in study.items():
-        rho, p = spearman(scores, values)
-        rows = quartiles(scores, values)
-        summary.append([benchmark, metric, str(sum(r.count for r in rows)), *(f"{r.mean_metric:.1f}" for r in rows),
-                        f"{rho:.3f}" if math.isfinite(rho) else "–", f"{p:.2g}" if math.isfinite(p) else "–"])
-        detail += [[benchmark, f"Q{r.quartile}", f"{r.score_min:.3f} – {r.score_max:.3f}", f"{r.mean_score:.3f}",
-                    f"{r.mean_metric:.1f}", str(r.count)] for r in rows]
-    return "\n\n".join([
-        _markdown(["benchmark", "metric", "scored samples", "Q1", "Q2", "Q3", "Q4", "Spearman ρ", "p"], summary),
-        _markdown(["benchmark", "quartile", "score range", "mean score", "mean metric", "samples"], detail)])
-
-
-def main_report(args: argparse.Namespace) -> None:
-    """`threedrs report RUN_DIR [RUN_DIR ...] --out OUT [--names a,b] [--layer -1] [--no-meteor]`."""
-    runs = [Path(run) for run in args.runs]
-    names = [n.strip() for n in args.names.split(",")] if args.names else [r.resolve().name for r in runs]
-    if len(names) != len(runs):
-        raise ValueError(f"--names: {len(names)} names for {len(runs)} runs")
-    if not all(names) or len(set(names)) != len(names):
-        raise ValueError(f"--names: run names must be non-empty and distinct, got {names}")
-    from threedrs.scoring import load_metrics  # scoring imports this module
-
-    path = build_report(dict(zip(names, runs)), args.out, layer=str(args.layer), meteor=not args.no_meteor)
-    metrics = {name: load_metrics(run / "metrics.json") for name, run in zip(names, runs)}
-    print(results_table(metrics))
-    print(f"Wrote {path}")

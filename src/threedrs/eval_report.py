@@ -1,0 +1,212 @@
+"""`threedrs report`: one report for one or more evaluation runs (tables, the 3D-awareness study, figures).
+
+A run is an evaluation folder with ``predictions/<benchmark>.jsonl`` (`threedrs eval`); runs given the same
+name are seeds of one recipe and are reported as mean ± std. The report holds the paper's Table 1 per recipe,
+every recipe minus the first, the 3D-awareness measures of each recipe (score, background, contrast and, when
+recorded, recall) with sentences on which measure separates the recipes and by how much against the seed
+spread, the quartile study of every measure (paper Fig. 2), the before/after chart (Fig. 3b) and training curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from threedrs.metrics.awareness import finite_mean, mean_std, measure_values, quartile_table, separation_lines
+from threedrs.metrics.plots import plot_before_after, plot_quartiles, plot_training_curves
+from threedrs.metrics.report import (MIN_QUARTILE_SAMPLES, aggregate_seeds, delta_table, markdown, quartiles,
+                                     read_train_log, results_table)
+from threedrs.scoring import (BENCHMARKS, load_metrics, per_sample_values, predictions_path, read_predictions,
+                              score_run)
+
+__all__ = ["build_report", "main_report"]
+
+
+def _run_metrics(run: Path, meteor: bool) -> dict:
+    """metrics.json when it is newer than every predictions file, readable and covers them all (with METEOR if
+    wanted), else a fresh :func:`threedrs.scoring.score_run`."""
+    files = [predictions_path(run, b) for b in BENCHMARKS if predictions_path(run, b).is_file()]
+    cached = run / "metrics.json"
+    if files and cached.is_file() and cached.stat().st_mtime >= max(f.stat().st_mtime for f in files):
+        try:
+            metrics = load_metrics(cached)
+        except ValueError:  # a damaged metrics.json is only a cache of the scores: score again
+            return score_run(run, meteor=meteor)
+        wants_meteor = meteor and any(f.stem in ("scan2cap", "scanqa") for f in files)
+        if set(metrics["benchmarks"]) == {f.stem for f in files} and (metrics.get("meteor") or not wants_meteor):
+            return metrics
+    return score_run(run, meteor=meteor)
+
+
+def _file_name(index: int, name: str) -> str:
+    return f"{index}_{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}"
+
+
+class _Recipe:
+    """One recipe's runs (seeds): metrics, and per seed and benchmark the per-sample measures and metric."""
+
+    def __init__(self, folders: Sequence[Path], layer: str, meteor: bool):
+        self.folders = list(folders)
+        per_seed = [_run_metrics(run, meteor) for run in self.folders]
+        self.metrics = aggregate_seeds(per_seed) if len(per_seed) > 1 else per_seed[0]
+        self.samples: list[dict[str, tuple[dict[str, list[float]], list[float], str]]] = []
+        self.chance: list[float] = []
+        for run, metrics in zip(self.folders, per_seed):
+            seed, chances = {}, []
+            for benchmark in metrics["benchmarks"]:
+                records = read_predictions(predictions_path(run, benchmark), benchmark)
+                metric, values = per_sample_values(benchmark, records)
+                seed[benchmark] = (measure_values(records, layer), values, metric)
+                chances += [r.get("recall_chance") for r in records]
+            self.samples.append(seed)
+            self.chance.append(finite_mean(chances))
+
+    def pooled(self, label: str) -> list[list[float]]:
+        """Per seed, the label's values of every sample of every benchmark."""
+        return [[v for measures, _, _ in seed.values() for v in measures.get(label, [])] for seed in self.samples]
+
+    def labels(self) -> list[str]:
+        return list(dict.fromkeys(label for seed in self.samples for m, _, _ in seed.values() for label in m))
+
+    def benchmark_mean(self, label: str, benchmark: str) -> float:
+        """Mean over seeds of the mean over the benchmark's samples (NaN when unscored)."""
+        return finite_mean([finite_mean(seed[benchmark][0].get(label, [])) for seed in self.samples
+                            if benchmark in seed])
+
+    def study(self) -> dict[str, tuple[dict[str, list[float]], list[float], str]]:
+        """benchmark -> ({label: values}, metric values, metric name), samples of all seeds pooled."""
+        out = {}
+        for benchmark in self.samples[0]:
+            seeds = [seed[benchmark] for seed in self.samples if benchmark in seed]
+            measures = {label: [v for m, values, _ in seeds for v in m.get(label, [math.nan] * len(values))]
+                        for label in self.labels()}
+            out[benchmark] = (measures, [v for _, values, _ in seeds for v in values], seeds[0][2])
+        return out
+
+
+def _runs_table(recipes: Mapping[str, _Recipe]) -> str:
+    """Markdown: per recipe the mean of each measure over all scored samples (mean ± std over seeds)."""
+    labels = list(dict.fromkeys(label for r in recipes.values() for label in r.labels()))
+    recall = "recall" in labels
+    rows = []
+    for name, recipe in recipes.items():
+        cells = [mean_std([finite_mean(seed) for seed in recipe.pooled(label)]) for label in labels]
+        rows.append([name, *cells, *([mean_std(recipe.chance)] if recall else []), str(len(recipe.folders))])
+    return markdown(["run", *labels, *(["recall chance"] if recall else []), "seeds"], rows)
+
+
+def build_report(runs: Mapping[str, str | Path | Sequence[str | Path]], out: str | Path, layer: str = "-1",
+                 meteor: bool = True) -> Path:
+    """Score (or read) each run, draw the figures and write ``OUT/report.md``; returns its path.
+
+    Per recipe: the Table-1 metrics and, for each benchmark, the per-sample metric against each 3D-awareness
+    measure the predictions record at ``layer`` (quartile plot of the score; quartile table and Spearman's rho
+    of every measure; a benchmark with fewer than 4 scored samples is skipped and the report says so). Across
+    recipes: every recipe minus the first, the measures side by side with the sentences of
+    `threedrs.metrics.awareness.separation_lines`, the per-benchmark means (before/after chart), and training
+    curves of runs with a ``train_log.jsonl``.
+
+    Args:
+        runs: recipe name -> run folder, or several run folders (seeds), the first recipe being the reference.
+        out: output folder (created); the PNG files are written next to report.md.
+        layer: key of the predictions' per-layer mappings (e.g. "-1").
+        meteor: compute METEOR when a run has to be scored.
+    """
+    if not runs:
+        raise ValueError("runs: no run to report")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    folders = {n: [Path(r)] if isinstance(r, (str, Path)) else [Path(x) for x in r] for n, r in runs.items()}
+    recipes = {name: _Recipe(paths, layer, meteor) for name, paths in folders.items()}
+    names, notes = list(recipes), []
+    lines = ["# 3DRS evaluation report", "", "Runs:",
+             *(f"- **{n}**: " + ", ".join(f"`{p}`" for p in paths) for n, paths in folders.items()), "",
+             (f"3D-awareness: the per-sample measures at layer {layer} recorded in the predictions files (score = "
+              "the paper's mean cosine of corresponding tokens; background = mean cosine of tokens in different "
+              "voxels; contrast = score - background; recall = share of tokens whose most similar token in "
+              "another view corresponds). Benchmark scores are percentages (x100); several runs of one name are "
+              "seeds: mean ± std."), "",
+             "## Results (paper Table 1 layout)", "", results_table({n: r.metrics for n, r in recipes.items()}), ""]
+    for other in names[1:]:
+        lines += [f"## {other} minus {names[0]}", "",
+                  delta_table(recipes[names[0]].metrics, recipes[other].metrics, (names[0], other)), ""]
+
+    scored = {n: r for n, r in recipes.items() if r.labels()}
+    if scored:
+        per_seed = {n: [dict(zip(r.labels(), values)) for values in zip(*(r.pooled(x) for x in r.labels()))]
+                    for n, r in scored.items()}
+        reference = names[0] if names[0] in scored else next(iter(scored))
+        lines += ["## 3D-awareness of each run", "", "Means over all scored samples of all benchmarks.", "",
+                  _runs_table(scored), "", *separation_lines(per_seed, reference), ""]
+        labels = list(dict.fromkeys(label for r in scored.values() for label in r.labels()))
+        benchmarks = list(dict.fromkeys(b for r in scored.values() for b in r.samples[0]))
+        means = {label: {n: {b: r.benchmark_mean(label, b) for b in benchmarks} for n, r in scored.items()}
+                 for label in labels}
+        plot_before_after(means, out / "before_after.png")
+        rows = [[b, *(" / ".join(f"{means[label][n][b]:.3f}" if math.isfinite(means[label][n][b]) else "–"
+                                 for label in labels) for n in scored)] for b in benchmarks]
+        lines += ["## Mean 3D-awareness per benchmark (paper Fig. 3b)", "",
+                  "![mean 3D-awareness](before_after.png)", "",
+                  f"Each cell: {' / '.join(labels)}.", "", markdown(["benchmark", *scored], rows), ""]
+
+    lines += ["## 3D-awareness quartiles and downstream metric (paper Fig. 2)", ""]
+    for index, (name, recipe) in enumerate(recipes.items()):
+        study = {}
+        for benchmark, (measures, values, metric) in recipe.study().items():
+            finite = sum(math.isfinite(s) for s in measures.get("score", []))
+            if finite < MIN_QUARTILE_SAMPLES:
+                notes.append(f"{name} / {benchmark}: {finite} of {len(values)} samples have a 3D-awareness "
+                             f"score at layer {layer}; no quartiles ({MIN_QUARTILE_SAMPLES} needed).")
+            else:
+                study[benchmark] = (measures, values, metric)
+        if not study:
+            lines += [f"### {name}", "", "No benchmark has enough 3D-awareness scores.", ""]
+            continue
+        image = f"quartiles_{_file_name(index, name)}.png"
+        plot_quartiles({b: (m["score"], v, metric) for b, (m, v, metric) in study.items()}, out / image,
+                       f"{name}: metric per 3D-awareness score quartile (layer {layer})")
+        lines += [f"### {name}", "", f"![{name} quartiles]({image})", "", quartile_table(study), "",
+                  _score_ranges(study), ""]
+
+    logs = {(f"{n} ({p.name})" if len(recipe.folders) > 1 else n): read_train_log(p / "train_log.jsonl")
+            for n, recipe in recipes.items() for p in recipe.folders if (p / "train_log.jsonl").is_file()}
+    if logs:
+        plot_training_curves(logs, out / "training_curves.png")
+        lines += ["## Training curves", "", "![training curves](training_curves.png)", ""]
+    if notes:
+        lines += ["## Notes", "", *(f"- {note}" for note in notes), ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _score_ranges(study: Mapping[str, tuple[Mapping[str, list[float]], list[float], str]]) -> str:
+    """Markdown: each score quartile's range, mean score, mean metric and size, per benchmark."""
+    rows = [[benchmark, f"Q{r.quartile}", f"{r.score_min:.3f} – {r.score_max:.3f}", f"{r.mean_score:.3f}",
+             f"{r.mean_metric:.1f}", str(r.count)]
+            for benchmark, (measures, values, _) in study.items() for r in quartiles(measures["score"], values)]
+    return markdown(["benchmark", "score quartile", "score range", "mean score", "mean metric", "samples"], rows)
+
+
+def main_report(args: argparse.Namespace) -> None:
+    """`threedrs report RUN_DIR [RUN_DIR ...] --out OUT [--names a,b] [--layer -1] [--no-meteor]`; runs given the
+    same name are seeds of one recipe."""
+    runs = [Path(run) for run in args.runs]
+    names = [n.strip() for n in args.names.split(",")] if args.names else [r.resolve().name for r in runs]
+    if len(names) != len(runs):
+        raise ValueError(f"--names: {len(names)} names for {len(runs)} runs")
+    if not all(names):
+        raise ValueError(f"--names: run names must be non-empty, got {names}")
+    if len(set(map(Path.resolve, runs))) != len(runs):
+        raise ValueError("runs: the same folder is given twice")
+    grouped: dict[str, list[Path]] = {}
+    for name, run in zip(names, runs):
+        grouped.setdefault(name, []).append(run)
+    path = build_report(grouped, args.out, layer=str(args.layer), meteor=not args.no_meteor)
+    metrics = {name: (aggregate_seeds([load_metrics(r / "metrics.json") for r in paths]) if len(paths) > 1
+                      else load_metrics(paths[0] / "metrics.json")) for name, paths in grouped.items()}
+    print(results_table(metrics))
+    print(f"Wrote {path}")

@@ -1,0 +1,147 @@
+"""The 3D-awareness measures side by side in reports: per-sample values from predictions records, means per run,
+the order they put runs in, which measure separates two runs and by how much against the seed spread, and the
+quartile study of each measure (paper Fig. 2).
+
+The measures (`threedrs.metrics.correspondence`): the paper's score (record key "correspondence"), the
+background, the contrast (score - background) and, when computed, the correspondence recall. A higher score
+with an equally higher background is no gain in 3D-awareness; the contrast and the recall are the ones that
+collapsed or geometry-blind features cannot raise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from threedrs.metrics.report import MIN_QUARTILE_SAMPLES, markdown, quartiles, spearman
+
+__all__ = ["MEASURES", "finite_mean", "measure_values", "mean_std", "quartile_table", "separation_lines"]
+
+MEASURES: tuple[tuple[str, str], ...] = (("correspondence", "score"), ("background", "background"),
+                                         ("contrast", "contrast"), ("recall", "recall"))
+"""(predictions record key, label) of each per-sample measure, in report order."""
+
+
+def finite_mean(values: Sequence[float | None]) -> float:
+    """Mean of the finite values (NaN when there are none)."""
+    kept = [v for v in values if v is not None and math.isfinite(v)]
+    return math.fsum(kept) / len(kept) if kept else math.nan
+
+
+def _std(values: Sequence[float]) -> float:
+    """Sample standard deviation (ddof = 1) of the finite values; NaN with fewer than two."""
+    kept = [v for v in values if math.isfinite(v)]
+    return float(np.std(kept, ddof=1)) if len(kept) > 1 else math.nan
+
+
+def mean_std(values: Sequence[float], digits: int = 3) -> str:
+    """"mean ± std" over the finite values (just the mean for one, "–" for none)."""
+    kept = [v for v in values if math.isfinite(v)]
+    if not kept:
+        return "–"
+    text = f"{finite_mean(kept):.{digits}f}"
+    return text + (f" ± {_std(kept):.{digits}f}" if len(kept) > 1 else "")
+
+
+def measure_values(records: Sequence[Mapping], layer: str) -> dict[str, list[float]]:
+    """Label -> the value of each record at ``layer`` (NaN where absent or null), for the measures that at least
+    one record holds, in MEASURES order.
+
+    Args:
+        records: predictions records (``threedrs.scoring.read_predictions``).
+        layer: key of the per-layer mappings, e.g. "-1".
+    """
+    out = {}
+    for key, label in MEASURES:
+        if any(isinstance(r.get(key), Mapping) for r in records):
+            values = [(r.get(key) or {}).get(layer) for r in records]
+            out[label] = [math.nan if v is None else float(v) for v in values]
+    return out
+
+
+def _ranking(means: Mapping[str, float]) -> str:
+    ordered = sorted((m, run) for run, m in means.items() if math.isfinite(m))
+    return " > ".join(f"{run} ({m:.3f})" for m, run in reversed(ordered))
+
+
+def separation_lines(runs: Mapping[str, Sequence[Mapping[str, Sequence[float]]]], reference: str) -> list[str]:
+    """Sentences: the order each measure puts the runs in (and whether score, contrast and recall disagree), and
+    for each run against ``reference`` the difference of every measure and which of score, contrast and recall
+    separates them most (the background is context: a lower one is no loss of 3D-awareness).
+
+    With several seeds the yardstick is the seed spread: the difference is the mean over seeds of the paired
+    per-seed differences (seed k of one run against seed k of the other) and the spread their standard deviation.
+    With one seed there is no seed spread; the yardstick is then the standard error of the difference of the
+    two per-sample means (a lower bound of the noise, since seeds vary more than samples), and the sentence says
+    so.
+
+    Args:
+        runs: run name -> one mapping per seed, label -> per-sample values (NaN = unscored); seeds in the same
+            order for every run. The reference must be one of the runs.
+        reference: the run the others are compared with (e.g. the baseline).
+    """
+    if reference not in runs:
+        raise ValueError(f"reference: {reference!r} is not one of the runs {sorted(runs)}")
+    labels = [label for _, label in MEASURES if all(label in seed for seeds in runs.values() for seed in seeds)]
+    lines, orders = [], {}
+    for label in labels:
+        means = {run: finite_mean([finite_mean(seed[label]) for seed in seeds]) for run, seeds in runs.items()}
+        if label != "background":  # context, not a measure of 3D-awareness: its order is no verdict
+            orders[label] = [run for _, run in sorted((-m, run) for run, m in means.items() if math.isfinite(m))]
+        lines.append(f"- Runs by {label}: {_ranking(means)}.")
+    if len({tuple(order) for order in orders.values()}) > 1:
+        lines.append("- The measures disagree on the order of the runs: read the contrast (and the recall) before "
+                     "the score, which also rises when all features become alike.")
+    for run, seeds in runs.items():
+        if run == reference:
+            continue
+        parts, best = [], None
+        for label in labels:
+            pairs = list(zip(runs[reference], seeds))
+            diffs = [finite_mean(b[label]) - finite_mean(a[label]) for a, b in pairs]
+            diff = finite_mean(diffs)
+            if len(pairs) > 1:
+                noise, what = _std(diffs), "the seed spread"
+            else:
+                a, b = (np.asarray([v for v in s[label] if math.isfinite(v)]) for s in pairs[0])
+                noise = (math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
+                         if min(a.size, b.size) > 1 else math.nan)
+                what = "the standard error over samples"
+            if not math.isfinite(diff):
+                continue
+            ratio = abs(diff) / noise if math.isfinite(noise) and noise > 0 else math.nan
+            spread = f" ± {noise:.3f}" if len(pairs) > 1 and math.isfinite(noise) else ""
+            parts.append(f"{label} {diff:+.3f}{spread}" + (f" ({ratio:.1f}x {what})" if math.isfinite(ratio) else ""))
+            if label != "background" and math.isfinite(ratio) and (best is None or ratio > best[1]):
+                best = (label, ratio, diff)
+        if not parts:
+            continue
+        seeds_note = f" over {len(seeds)} seeds" if len(seeds) > 1 else " (one seed: no seed spread; run more seeds)"
+        line = f"- {run} minus {reference}{seeds_note}: " + "; ".join(parts) + "."
+        if best is not None:
+            line += (f" The {best[0]} separates them most ({best[2]:+.3f}, {best[1]:.1f}x "
+                     f"{'the seed spread' if len(seeds) > 1 else 'the standard error over samples'}).")
+        lines.append(line)
+    return lines
+
+
+def quartile_table(study: Mapping[str, tuple[Mapping[str, Sequence[float]], Sequence[float], str]]) -> str:
+    """Markdown: per benchmark and measure, the downstream metric per quartile of the measure (Q1 = lowest),
+    Spearman's rho and its p-value. A measure with fewer than MIN_QUARTILE_SAMPLES finite values in a benchmark is left out.
+
+    Args:
+        study: benchmark -> ({label: N per-sample values}, N per-sample metric values, metric name).
+    """
+    rows = []
+    for benchmark, (measures, values, metric) in study.items():
+        for label, scores in measures.items():
+            if sum(math.isfinite(s) for s in scores) < MIN_QUARTILE_SAMPLES:
+                continue
+            rho, p = spearman(scores, values)
+            q = quartiles(scores, values)
+            rows.append([benchmark, label, metric, str(sum(r.count for r in q)), *(f"{r.mean_metric:.1f}" for r in q),
+                         f"{rho:+.3f}" if math.isfinite(rho) else "–", f"{p:.2g}" if math.isfinite(p) else "–"])
+    return markdown(["benchmark", "measure", "metric", "samples", "Q1 (lowest)", "Q2", "Q3", "Q4 (highest)",
+                     "Spearman ρ", "p"], rows)
