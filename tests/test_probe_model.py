@@ -18,10 +18,12 @@ import torch
 from threedrs.align.posenc import position_encoding
 from threedrs.cli import main
 from threedrs.config import ConfigError, load_config
+from threedrs.evaluate import evaluate
 from threedrs.data.scene import Scene, split_scene_ids
 from threedrs.geometry import depth_to_world, token_world_points
 from threedrs.models.registry import build_adapter
 from threedrs.probe import probe_model
+from threedrs.run_config import checkpoint_and_run, settings_from_run
 from threedrs.train import train
 
 VOXEL = 1.0
@@ -46,8 +48,9 @@ def base(synthrooms_tiny, tmp_path_factory):
 
 
 def brute_force_scores(cfg, scene_id, frame_ids):
-    """Layer -> mean cosine over every pair of valid tokens of two different views (frame ids; a repeated frame's
-    tokens are dropped) in the same floor(p / voxel) voxel, from an explicit [N, N] pair matrix (float64)."""
+    """Layer -> (mean cosine over every pair of valid tokens of two different views (frame ids; a repeated frame's
+    tokens are dropped) in the same floor(p / voxel) voxel, the same over such pairs in DIFFERENT voxels), from an
+    explicit [N, N] pair matrix (float64)."""
     adapter = build_adapter(cfg.model)
     batch = Scene(cfg.data.root, scene_id).load_frames(frame_ids)
     height, width = batch.images.shape[-2:]
@@ -63,13 +66,15 @@ def brute_force_scores(cfg, scene_id, frame_ids):
             keep[s] = False  # a repeated frame is the same view: each view is scored once
     frame_of_token = torch.arange(len(frame_ids))[:, None, None].expand(valid.shape)[keep]
     cell = torch.floor(points[keep].double() / VOXEL)
-    pair = (cell[:, None] == cell[None]).all(-1) & (frame_of_token[:, None] != frame_of_token[None])
+    views = frame_of_token[:, None] != frame_of_token[None]
+    pair = (cell[:, None] == cell[None]).all(-1) & views
+    apart = ~(cell[:, None] == cell[None]).all(-1) & views
     out = {}
     for layer in (-1, 0):
         f = hidden.visual.hidden[layer][0][keep].double()
         f = f / f.norm(dim=-1, keepdim=True)
         cos = f @ f.T
-        out[layer] = float(cos[pair].mean()) if pair.any() else math.nan
+        out[layer] = (float(cos[pair].mean()) if pair.any() else math.nan, float(cos[apart].mean()))
     return out
 
 
@@ -87,9 +92,11 @@ def test_per_layer_scores_equal_a_brute_force_pair_mean(base, synthrooms_tiny):
         expected = brute_force_scores(cfg, s.scene_id, lists[s.scene_id])
         for layer in (-1, 0):
             if s.pairs:
-                assert s.scores[layer] == pytest.approx(expected[layer], rel=1e-6, abs=1e-9)
+                assert s.scores[layer] == pytest.approx(expected[layer][0], rel=1e-6, abs=1e-9)
+                assert s.backgrounds[layer] == pytest.approx(expected[layer][1], rel=1e-6, abs=1e-9)
+                assert s.contrasts[layer] == pytest.approx(expected[layer][0] - expected[layer][1], abs=1e-8)
             else:
-                assert math.isnan(expected[layer])
+                assert math.isnan(expected[layer][0])
     for layer in (-1, 0):
         finite = [s.scores[layer] for s in result.scenes if s.pairs]
         assert result.summary[layer].sample_mean == pytest.approx(sum(finite) / len(finite))
@@ -97,7 +104,9 @@ def test_per_layer_scores_equal_a_brute_force_pair_mean(base, synthrooms_tiny):
     assert (saved["variant"], saved["same_frame"], saved["voxel"], saved["posenc"]) == ("pairs", False, VOXEL, True)
     assert saved["scenes"][0]["scores"]["0"] == pytest.approx(result.scenes[0].scores[0])
     assert saved["summary"]["-1"]["sample_mean"] == pytest.approx(result.summary[-1].sample_mean)
-    assert "| scene | layer -1 | layer 0 | pairs |" in result.table()
+    assert saved["scenes"][0]["backgrounds"]["-1"] == pytest.approx(result.scenes[0].backgrounds[-1])
+    assert ("| scene | L-1 score | L-1 background | L-1 contrast | L0 score | L0 background | L0 contrast | pairs |"
+            in result.table())
 
 
 def test_prompt_after_the_frames_leaves_the_visual_states_alone(base):
@@ -151,6 +160,66 @@ def test_checkpoint_weights_are_the_ones_probed(base, synthrooms_tiny, tmp_path)
     assert scores["unchanged"] == pytest.approx(before, abs=1e-6)
     change = max(abs(a - b) for a, b in zip(scores["trained"], before))
     assert change > 1e-4
+
+
+def test_checkpoint_probe_takes_the_runs_settings_and_equals_its_eval_probe(synthrooms_tiny, tmp_path, capsys):
+    """A run trained WITHOUT the 3D position encoding, probed through the CLI with a config that does not mention
+    the encoding (probe.posenc defaults to true): the probe takes align.posenc=false, the frames, the image size
+    and the layers from <run>/config.yaml and reproduces the score, background and contrast that the run's own
+    `eval --probe` recorded for the same scenes. An explicit probe.posenc=true wins, is printed, and differs."""
+    run_dir = tmp_path / "run"
+    training = load_config(None, [
+        f"data.root={synthrooms_tiny}", "data.frames=6", "model.image_size=[42,56]", f"output_dir={run_dir}",
+        f"teacher.cache_dir={tmp_path}/cache", "align.posenc=false", "align.loss=none", "train.steps=2",
+        "train.save_every=2", "train.lr_llm=1e-3", "train.lr_vision=1e-3", "train.lr_projector=1e-3",
+        "eval.probe=true", "eval.benchmarks=[scanqa]", "eval.limit=8", "eval.meteor=false", "eval.max_new_tokens=2",
+        f"correspondence.voxel={VOXEL}"])
+    train(training, progress=False)
+    lines = (evaluate(training, progress=False).run_dir / "predictions" / "scanqa.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    scenes = sorted({r["scene_id"] for r in records})
+    config = tmp_path / "probe.yaml"
+    config.write_text("name: probe-a-run\n")
+    args = [f"data.root={synthrooms_tiny}", "data.split=val", "probe.target=model", f"probe.checkpoint={run_dir}",
+            f"correspondence.voxel={VOXEL}", "--scenes", ",".join(scenes)]
+    assert main(["probe", str(config), f"output_dir={tmp_path}/as_trained", *args]) == 0
+    out = capsys.readouterr().out
+    assert f"settings that shaped the run's tokens come from {run_dir / 'config.yaml'}" in out
+    for taken in ("probe.posenc=False (from align.posenc)", "data.frames=6", "model.image_size=[42, 56]"):
+        assert taken in out
+    saved = json.loads((tmp_path / "as_trained" / "probe_model_qwen2_vl.json").read_text())
+    assert saved["posenc"] is False and saved["layers"] == [-1] and saved["frames"] == 6
+    by_scene = {s["scene_id"]: s for s in saved["scenes"]}
+    compared = 0
+    for record in records:
+        probed = by_scene[record["scene_id"]]
+        for key, field in (("correspondence", "scores"), ("background", "backgrounds"), ("contrast", "contrasts")):
+            assert (record[key]["-1"] is None) == (probed[field]["-1"] is None)
+            if record[key]["-1"] is not None:
+                assert probed[field]["-1"] == pytest.approx(record[key]["-1"], abs=1e-5)
+                compared += 1
+    assert compared >= 6
+
+    assert main(["probe", str(config), f"output_dir={tmp_path}/with_posenc", "probe.posenc=true", *args]) == 0
+    assert "explicit override kept: probe.posenc=True (the run has align.posenc=False)" in capsys.readouterr().out
+    other = json.loads((tmp_path / "with_posenc" / "probe_model_qwen2_vl.json").read_text())
+    assert other["posenc"] is True
+    assert any(abs(a["scores"]["-1"] - by_scene[a["scene_id"]]["scores"]["-1"]) > 1e-3
+               for a in other["scenes"] if a["scores"]["-1"] is not None)
+
+
+def test_checkpoint_paths_and_a_run_without_its_config(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="probe.checkpoint: .*run is not a training checkpoint"):
+        checkpoint_and_run(run)
+    step = run / "checkpoints" / "step_000002"
+    step.mkdir(parents=True)
+    (step / "model.safetensors").write_bytes(b"")
+    (step / "state.json").write_text('{"step": 2}')
+    assert checkpoint_and_run(run) == (step, run) == checkpoint_and_run(step)
+    cfg = load_config(None, ["data.frames=3"])
+    same, lines = settings_from_run(cfg, run, set())
+    assert same == cfg and "config.yaml not found" in lines[0]
 
 
 def test_cli_probes_the_model_and_writes_the_json(base, synthrooms_tiny, tmp_path, capsys):
