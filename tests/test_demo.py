@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+import math
 
-from threedrs.demo import DemoSize, run_demo
+import numpy as np
+import pytest
+from test_report import REFER8, measured
+from test_scoring import make_run
+
+from threedrs.demo import RUNS, DemoSize, run_demo
+from threedrs.demo_recipes import StageTimes
+from threedrs.demo_report import DemoResults, write_report
+from threedrs.scoring import score_run
 
 TINY = DemoSize(scenes=6, scan_frames=6, frames=4, image=28, steps=3, batch_size=2, eval_limit=4, width=64,
                 height=48)
@@ -18,10 +26,44 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
                     "3D-awareness of the visual tokens (paper Fig. 3b)", "Training curves", "Stage times"):
         assert heading in text
     assert "| chance |" in text and "ORACLE" in text
+    assert "| run | score | background | contrast | recall | recall chance | seeds |" in text
+    # 2x2 tokens per frame at 0.1 m voxels hold no cross-view pair: every measure is unscored, and says so
+    assert "| baseline | – | – | – | – | – | 1 |" in text and "Runs by score" not in text
     for image in ("before_after.png", "training_curves.png"):
         assert (tmp_path / "demo" / image).stat().st_size > 1000
     out = capsys.readouterr().out
     assert "Mean 3D-awareness (last layer, val): baseline" in out
+    assert "| 3DRS-2D | – |" in out
     # a second run reuses every finished stage and rewrites the same report
     again = run_demo(tmp_path / "demo", size=TINY)
     assert again.read_text().split("## Stage times")[0] == text.split("## Stage times")[0]
+
+
+def test_demo_report_names_the_measure_that_separates_the_runs(tmp_path, capsys):
+    """The issue's situation in miniature: the 2D-teacher run has the lowest score but the highest contrast."""
+    i = np.arange(8) - 3.5
+    measures = {"baseline": (0.849, 0.414, 0.30), "3DRS": (0.926, 0.430, 0.35), "3DRS-2D": (0.768, 0.206, 0.40)}
+    results = DemoResults(size=DemoSize(scenes=4, scan_frames=4, frames=2, image=28, steps=1), runs=RUNS, seeds=[0])
+    for name, (score, background, recall) in measures.items():
+        records = measured(REFER8, score + 0.01 * i, background + 0.004 * i, recall + 0.02 * i)
+        run = tmp_path / "runs" / name
+        for k, record in enumerate(records):
+            record["scene_id"] = f"scene{k // 2:04d}_00"
+        make_run(run, {"scanrefer": records})
+        results.metrics[(name, 0)] = score_run(run, meteor=False)
+        results.eval_dirs[(name, 0)] = run
+        results.logs[(name, 0)] = run / "no_train_log.jsonl"
+    text = write_report(tmp_path, results, StageTimes()).read_text()
+    assert "| 3DRS-2D | 0.768 | 0.206 | 0.562 | 0.400 | 0.100 | 1 |" in text
+    assert "- Runs by score: 3DRS (0.926) > baseline (0.849) > 3DRS-2D (0.768)." in text
+    assert "- Runs by contrast: 3DRS-2D (0.562) > 3DRS (0.496) > baseline (0.435)." in text
+    assert "The measures disagree on the order of the runs" in text
+    base = np.array(measures["baseline"][0] + 0.01 * i) - (measures["baseline"][1] + 0.004 * i)
+    two_d = np.array(measures["3DRS-2D"][0] + 0.01 * i) - (measures["3DRS-2D"][1] + 0.004 * i)
+    error = math.sqrt(base.var(ddof=1) / 8 + two_d.var(ddof=1) / 8)
+    score_error = math.sqrt(2 * 0.01 ** 2 * np.var(i, ddof=1) / 8)
+    assert (f"- 3DRS-2D minus baseline (one seed: no seed spread; run more seeds): score -0.081 "
+            f"({0.081 / score_error:.1f}x the standard error over samples)") in text
+    assert f"contrast +0.127 ({0.127 / error:.1f}x the standard error over samples)" in text
+    assert "| scanrefer | recall | Acc@0.25 | 8 |" in text
+    assert "- Runs by contrast: 3DRS-2D (0.562)" in capsys.readouterr().out

@@ -15,7 +15,7 @@ from scipy.stats import spearmanr
 from test_scoring import SCANQA, SCANREFER, SQA3D, FakeMeteor, base, cube, make_run
 
 from threedrs import eval_report, scoring
-from threedrs.metrics import report
+from threedrs.metrics import awareness, report
 from threedrs.metrics.plots import plot_before_after, plot_quartiles, plot_training_curves
 from threedrs.metrics.report import (
     aggregate_seeds,
@@ -344,3 +344,16 @@ def test_report_sets_the_measures_side_by_side_over_seeds(tmp_path, capsys) -> N
     for label in ("score", "background", "contrast", "recall"):
         assert f"| scanrefer | {label} | Acc@0.25 | 16 |" in text  # quartiles over both seeds' samples
     assert "Each cell: score / background / contrast / recall." in text
+
+
+def test_measure_values_and_separation_edge_cases() -> None:
+    records = measured(REFER8[:2], [0.9, 0.8], [0.5, 0.5], [0.4, 0.2])
+    records[1]["recall"] = {"-1": None}
+    values = awareness.measure_values(records + [dict(REFER8[2])], "-1")
+    assert list(values) == ["score", "background", "contrast", "recall", "recall chance"]
+    assert values["contrast"][:2] == pytest.approx([0.4, 0.3]) and math.isnan(values["contrast"][2])
+    assert values["recall"][0] == 0.4 and math.isnan(values["recall"][1])
+    assert awareness.measure_values(REFER8, "0") == {"score": [math.nan] * 8}  # scores at layer -1 only
+    with pytest.raises(ValueError, match="reference: 'nope' is not one of the runs"):
+        awareness.separation_lines({"a": [{"score": [0.5]}]}, "nope")
+    assert awareness.separation_lines({"a": [{"score": [math.nan]}], "b": [{"score": [math.nan]}]}, "a") == []

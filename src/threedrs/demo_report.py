@@ -2,7 +2,8 @@
 
 Tables use the paper's Table 1 columns; with several seeds every cell is "mean ± std". The text that compares
 3DRS with the baseline is derived from the numbers (which metrics went up, which went down, by how much
-relative to the seed spread), never written in advance.
+relative to the seed spread), never written in advance; so are the sentences on which 3D-awareness measure
+(score, background, contrast, recall: `threedrs.metrics.awareness`) separates the runs.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from threedrs.demo import DemoRun, DemoSize, StageTimes, finite_mean
-from threedrs.metrics.report import (TABLE1_COLUMNS, aggregate_seeds, quartiles, read_train_log, results_table,
-                                     spearman, table1_row)
+from threedrs.demo_recipes import DemoRun, DemoSize, StageTimes
+from threedrs.metrics.awareness import (LABELS, finite_mean, measure_values, number, quartile_table, runs_table,
+                                        separation_lines)
+from threedrs.metrics.report import TABLE1_COLUMNS, aggregate_seeds, markdown, read_train_log, results_table, table1_row
+from threedrs.scoring import per_sample_values, predictions_path, read_predictions
 
 
 @dataclass
@@ -34,29 +37,26 @@ class DemoResults:
         return aggregate_seeds(per_seed) if len(per_seed) > 1 else per_seed[0]
 
 
-def _awareness(results: DemoResults, name: str, seed: int) -> dict[str, list[tuple[float, float, str]]]:
-    """Per benchmark: (3D-awareness score at the last layer, per-sample metric, metric name) of one run."""
-    from threedrs.scoring import per_sample_values, predictions_path, read_predictions
+Study = dict[str, tuple[dict[str, list[float]], list[float], str]]
+"""benchmark -> ({measure label: per-sample values}, per-sample metric values, metric name)"""
 
+
+def _awareness(results: DemoResults, name: str, seed: int) -> Study:
+    """Per benchmark of one run: ({measure label: per-sample value at the last layer}, per-sample metric, metric)."""
     run = results.eval_dirs[(name, seed)]
     out = {}
     for bench in results.metrics[(name, seed)]["benchmarks"]:
         records = read_predictions(predictions_path(run, bench), bench)
         metric, values = per_sample_values(bench, records)
-        scores = [(r.get("correspondence") or {}).get("-1") for r in records]
-        out[bench] = [(math.nan if s is None else s, v, metric) for s, v in zip(scores, values)]
+        out[bench] = (measure_values(records, "-1"), values, metric)
     return out
 
 
-def _mean_std(values: list[float]) -> str:
-    kept = [v for v in values if math.isfinite(v)]
-    if not kept:
-        return "–"
-    mean = sum(kept) / len(kept)
-    if len(kept) == 1:
-        return f"{mean:.3f}"
-    std = math.sqrt(sum((v - mean) ** 2 for v in kept) / (len(kept) - 1))
-    return f"{mean:.3f} ± {std:.3f}"
+def _pooled(per_benchmark: Study) -> dict[str, list[float]]:
+    """Label -> its values over the samples of every benchmark."""
+    labels = list(dict.fromkeys(label for measures, _, _ in per_benchmark.values() for label in measures))
+    return {label: [v for m, values, _ in per_benchmark.values() for v in m.get(label, [math.nan] * len(values))]
+            for label in labels}
 
 
 def _comparison(results: DemoResults, a: str, b: str) -> list[str]:
@@ -99,7 +99,7 @@ def _versus_chance(results: DemoResults, name: str) -> str:
 
 
 def write_report(out: Path, results: DemoResults, times: StageTimes) -> Path:
-    """Write out/report.md and its figures; print the headline table; return the report path."""
+    """Write out/report.md and its figures; print the headline tables; return the report path."""
     from threedrs.metrics.plots import plot_before_after, plot_quartiles, plot_training_curves
 
     size, names = results.size, [r.name for r in results.runs]
@@ -109,28 +109,23 @@ def write_report(out: Path, results: DemoResults, times: StageTimes) -> Path:
     table4 = results_table({n: results.aggregated(n) for n in names}, with_chance=chance_row)
 
     awareness = {n: {s: _awareness(results, n, s) for s in results.seeds} for n in names}
-    means = {n: {b: finite_mean([x[0] for s in results.seeds for x in awareness[n][s][b]])
-                 for b in awareness[n][results.seeds[0]]} for n in names}
-    plot_before_after({n: means[n] for n in names}, out / "before_after.png")
-    aware_rows = [f"| {n} | " + " | ".join(
-        _mean_std([finite_mean([x[0] for x in awareness[n][s][b]]) for s in results.seeds]) for b in means[n])
-        + f" | {_mean_std([finite_mean([x[0] for b in means[n] for x in awareness[n][s][b]]) for s in results.seeds])} |"
-        for n in names]
-    benches = list(means[names[0]])
+    per_seed = {n: [_pooled(awareness[n][s]) for s in results.seeds] for n in names}
+    labels = [label for label in LABELS if all(label in seed for n in names for seed in per_seed[n])]
+    benches = list(awareness[names[0]][results.seeds[0]])
+    means = {label: {n: {b: finite_mean([finite_mean(awareness[n][s][b][0].get(label, [])) for s in results.seeds])
+                         for b in benches} for n in names} for label in labels}
+    plot_before_after(means, out / "before_after.png")
+    runs = runs_table(per_seed)
+    separation = separation_lines(per_seed, "baseline")
+    cells = [[n, *(" / ".join(number(means[label][n][b]) for label in labels) for b in benches)] for n in names]
 
-    study = {b: ([x[0] for s in results.seeds for x in awareness["3DRS"][s][b]],
-                 [x[1] for s in results.seeds for x in awareness["3DRS"][s][b]],
-                 awareness["3DRS"][results.seeds[0]][b][0][2] if awareness["3DRS"][results.seeds[0]][b] else "")
-             for b in benches}
-    study = {b: v for b, v in study.items() if sum(math.isfinite(x) for x in v[0]) >= 4}
-    rho_rows = []
+    ours = [awareness["3DRS"][s] for s in results.seeds]
+    study = {b: ({label: [v for seed in ours for v in seed[b][0].get(label, [])] for label in labels},
+                 [v for seed in ours for v in seed[b][1]], ours[0][b][2]) for b in benches}
+    study = {b: v for b, v in study.items() if sum(math.isfinite(x) for x in v[0].get("score", [])) >= 4}
     if study:
-        plot_quartiles(study, out / "quartiles.png", "3DRS: downstream metric per 3D-awareness quartile (val)")
-        for b, (scores, values, metric) in study.items():
-            rho, p = spearman(scores, values)
-            q = quartiles(scores, values)
-            rho_rows.append(f"| {b} | {metric} | " + " | ".join(f"{r.mean_metric:.1f}" for r in q)
-                            + f" | {rho:+.3f} | {p:.3f} |")
+        plot_quartiles({b: (m["score"], v, metric) for b, (m, v, metric) in study.items()}, out / "quartiles.png",
+                       "3DRS: downstream metric per 3D-awareness score quartile (val)")
     logs = {f"{n} (seed {s})": read_train_log(results.logs[(n, s)]) for n in names for s in results.seeds
             if results.logs[(n, s)].is_file()}
     if logs:
@@ -154,21 +149,25 @@ def write_report(out: Path, results: DemoResults, times: StageTimes) -> Path:
         "awareness, not a learned model such as VGGT); `appearance` is a fixed per-pixel colour teacher (2D).",
         "- Recipes: " + "; ".join(f"**{r.name}**: {r.note}" for r in results.runs) + ".",
         "- Evaluation: the val split, detector-like proposals for grounding, greedy decoding; METEOR is not "
-        "computed in the demo (it needs an 11 s Java start per run); 3D-awareness = mean cosine over "
-        "cross-frame pairs of last-layer visual tokens in the same 0.1 m voxel (the paper's definition).", "",
+        "computed in the demo (it needs an 11 s Java start per run). 3D-awareness of the last-layer visual tokens: "
+        "**score** = mean cosine over cross-frame pairs in the same 0.1 m voxel (the paper's definition); "
+        "**background** = mean cosine over cross-frame pairs in different voxels; **contrast** = score - "
+        "background; **recall** = share of (token, other frame) queries whose most similar token of that frame "
+        "lies in the same voxel, beside its chance level.", "",
         "## 3DRS vs baseline (paper Table 3 in miniature)", "", table3, "",
         _versus_chance(results, "baseline"), *_comparison(results, "baseline", "3DRS"), "",
         "## Teachers (paper Table 4 in miniature)", "", table4, "",
         *_comparison(results, "3DRS-2D", "3DRS"), "",
         "## 3D-awareness of the visual tokens (paper Fig. 3b)", "",
+        "Means over all val samples of the five benchmarks (mean ± std over seeds). The score alone rises when all "
+        "features become alike; the contrast and the recall do not.", "",
+        runs, "", *separation, "",
         "![mean 3D-awareness per run](before_after.png)", "",
-        "| run | " + " | ".join(benches) + " | all |", "|---|" + "---|" * (len(benches) + 1), *aware_rows, "",
+        f"Per benchmark, each cell: {' / '.join(labels)}.", "", markdown(["run", *benches], cells), "",
     ]
     if study:
         lines += ["## Downstream metric per 3D-awareness quartile, 3DRS (paper Fig. 2)", "",
-                  "![quartiles](quartiles.png)", "",
-                  "| benchmark | per-sample metric | Q1 (lowest score) | Q2 | Q3 | Q4 (highest) | Spearman rho | p |",
-                  "|---|---|---|---|---|---|---|---|", *rho_rows, ""]
+                  "![quartiles](quartiles.png)", "", quartile_table(study), ""]
     if logs:
         lines += ["## Training curves", "", "![training curves](training_curves.png)", ""]
     lines += ["## Stage times", "", "| stage | seconds |", "|---|---|",
@@ -179,5 +178,8 @@ def write_report(out: Path, results: DemoResults, times: StageTimes) -> Path:
     print("\n" + table3 + "\n")
     print("\n".join(_comparison(results, "baseline", "3DRS")))
     print("\nMean 3D-awareness (last layer, val): "
-          + ", ".join(f"{n} {finite_mean(list(means[n].values())):.3f}" for n in names))
+          + ", ".join(f"{n} {finite_mean([finite_mean(seed['score']) for seed in per_seed[n]]):.3f}" for n in names)
+          + " (the paper's score; all measures:)\n")
+    print(runs + "\n")
+    print("\n".join(separation))
     return path

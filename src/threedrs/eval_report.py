@@ -15,7 +15,8 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from threedrs.metrics.awareness import finite_mean, mean_std, measure_values, quartile_table, separation_lines
+from threedrs.metrics.awareness import (LABELS, finite_mean, measure_values, number, quartile_table, runs_table,
+                                        separation_lines)
 from threedrs.metrics.plots import plot_before_after, plot_quartiles, plot_training_curves
 from threedrs.metrics.report import (MIN_QUARTILE_SAMPLES, aggregate_seeds, delta_table, markdown, quartiles,
                                      read_train_log, results_table)
@@ -53,23 +54,24 @@ class _Recipe:
         per_seed = [_run_metrics(run, meteor) for run in self.folders]
         self.metrics = aggregate_seeds(per_seed) if len(per_seed) > 1 else per_seed[0]
         self.samples: list[dict[str, tuple[dict[str, list[float]], list[float], str]]] = []
-        self.chance: list[float] = []
         for run, metrics in zip(self.folders, per_seed):
-            seed, chances = {}, []
+            seed = {}
             for benchmark in metrics["benchmarks"]:
                 records = read_predictions(predictions_path(run, benchmark), benchmark)
                 metric, values = per_sample_values(benchmark, records)
                 seed[benchmark] = (measure_values(records, layer), values, metric)
-                chances += [r.get("recall_chance") for r in records]
             self.samples.append(seed)
-            self.chance.append(finite_mean(chances))
 
-    def pooled(self, label: str) -> list[list[float]]:
-        """Per seed, the label's values of every sample of every benchmark."""
-        return [[v for measures, _, _ in seed.values() for v in measures.get(label, [])] for seed in self.samples]
+    def per_seed(self) -> list[dict[str, list[float]]]:
+        """Per seed, label -> its values over every sample of every benchmark (recall chance included)."""
+        found = list(dict.fromkeys(label for seed in self.samples for m, _, _ in seed.values() for label in m))
+        return [{label: [v for m, values, _ in seed.values() for v in m.get(label, [math.nan] * len(values))]
+                 for label in found} for seed in self.samples]
 
     def labels(self) -> list[str]:
-        return list(dict.fromkeys(label for seed in self.samples for m, _, _ in seed.values() for label in m))
+        """The measures (not the chance level) that some sample records, in report order."""
+        found = {label for seed in self.samples for m, _, _ in seed.values() for label in m}
+        return [label for label in LABELS if label in found]
 
     def benchmark_mean(self, label: str, benchmark: str) -> float:
         """Mean over seeds of the mean over the benchmark's samples (NaN when unscored)."""
@@ -85,17 +87,6 @@ class _Recipe:
                         for label in self.labels()}
             out[benchmark] = (measures, [v for _, values, _ in seeds for v in values], seeds[0][2])
         return out
-
-
-def _runs_table(recipes: Mapping[str, _Recipe]) -> str:
-    """Markdown: per recipe the mean of each measure over all scored samples (mean ± std over seeds)."""
-    labels = list(dict.fromkeys(label for r in recipes.values() for label in r.labels()))
-    recall = "recall" in labels
-    rows = []
-    for name, recipe in recipes.items():
-        cells = [mean_std([finite_mean(seed) for seed in recipe.pooled(label)]) for label in labels]
-        rows.append([name, *cells, *([mean_std(recipe.chance)] if recall else []), str(len(recipe.folders))])
-    return markdown(["run", *labels, *(["recall chance"] if recall else []), "seeds"], rows)
 
 
 def build_report(runs: Mapping[str, str | Path | Sequence[str | Path]], out: str | Path, layer: str = "-1",
@@ -136,18 +127,17 @@ def build_report(runs: Mapping[str, str | Path | Sequence[str | Path]], out: str
 
     scored = {n: r for n, r in recipes.items() if r.labels()}
     if scored:
-        per_seed = {n: [dict(zip(r.labels(), values)) for values in zip(*(r.pooled(x) for x in r.labels()))]
-                    for n, r in scored.items()}
+        per_seed = {n: r.per_seed() for n, r in scored.items()}
         reference = names[0] if names[0] in scored else next(iter(scored))
         lines += ["## 3D-awareness of each run", "", "Means over all scored samples of all benchmarks.", "",
-                  _runs_table(scored), "", *separation_lines(per_seed, reference), ""]
+                  runs_table(per_seed), "", *separation_lines(per_seed, reference), ""]
         labels = list(dict.fromkeys(label for r in scored.values() for label in r.labels()))
         benchmarks = list(dict.fromkeys(b for r in scored.values() for b in r.samples[0]))
         means = {label: {n: {b: r.benchmark_mean(label, b) for b in benchmarks} for n, r in scored.items()}
                  for label in labels}
         plot_before_after(means, out / "before_after.png")
-        rows = [[b, *(" / ".join(f"{means[label][n][b]:.3f}" if math.isfinite(means[label][n][b]) else "–"
-                                 for label in labels) for n in scored)] for b in benchmarks]
+        rows = [[b, *(" / ".join(number(means[label][n][b]) for label in labels) for n in scored)]
+                for b in benchmarks]
         lines += ["## Mean 3D-awareness per benchmark (paper Fig. 3b)", "",
                   "![mean 3D-awareness](before_after.png)", "",
                   f"Each cell: {' / '.join(labels)}.", "", markdown(["benchmark", *scored], rows), ""]

@@ -17,11 +17,20 @@ import numpy as np
 
 from threedrs.metrics.report import MIN_QUARTILE_SAMPLES, markdown, quartiles, spearman
 
-__all__ = ["MEASURES", "finite_mean", "measure_values", "mean_std", "quartile_table", "separation_lines"]
+__all__ = ["CHANCE", "LABELS", "MEASURES", "finite_mean", "measure_values", "mean_std", "number", "quartile_table", "runs_table",
+           "separation_lines"]
 
 MEASURES: tuple[tuple[str, str], ...] = (("correspondence", "score"), ("background", "background"),
                                          ("contrast", "contrast"), ("recall", "recall"))
 """(predictions record key, label) of each per-sample measure, in report order."""
+LABELS = tuple(label for _, label in MEASURES)
+CHANCE = "recall chance"
+"""Label of the recall's chance level (record key "recall_chance"), kept beside the measures but not one."""
+
+
+def number(value: float, digits: int = 3) -> str:
+    """``value`` with ``digits`` decimals, "–" when not finite."""
+    return f"{value:.{digits}f}" if math.isfinite(value) else "–"
 
 
 def finite_mean(values: Sequence[float | None]) -> float:
@@ -47,7 +56,7 @@ def mean_std(values: Sequence[float], digits: int = 3) -> str:
 
 def measure_values(records: Sequence[Mapping], layer: str) -> dict[str, list[float]]:
     """Label -> the value of each record at ``layer`` (NaN where absent or null), for the measures that at least
-    one record holds, in MEASURES order.
+    one record holds, in MEASURES order; with a recall also CHANCE -> each record's "recall_chance".
 
     Args:
         records: predictions records (``threedrs.scoring.read_predictions``).
@@ -58,7 +67,23 @@ def measure_values(records: Sequence[Mapping], layer: str) -> dict[str, list[flo
         if any(isinstance(r.get(key), Mapping) for r in records):
             values = [(r.get(key) or {}).get(layer) for r in records]
             out[label] = [math.nan if v is None else float(v) for v in values]
+    if "recall" in out:
+        out[CHANCE] = [math.nan if r.get("recall_chance") is None else float(r["recall_chance"]) for r in records]
     return out
+
+
+def runs_table(runs: Mapping[str, Sequence[Mapping[str, Sequence[float]]]]) -> str:
+    """Markdown: per run the mean of each measure (and the recall's chance level) over its samples, as mean ± std
+    over seeds, and the number of seeds.
+
+    Args:
+        runs: run name -> one mapping per seed, label -> per-sample values (NaN = unscored).
+    """
+    present = {label for seeds in runs.values() for seed in seeds for label in seed}
+    labels = [label for label in (*LABELS, CHANCE) if label in present]
+    rows = [[name, *(mean_std([finite_mean(seed.get(label, [])) for seed in seeds]) for label in labels),
+             str(len(seeds))] for name, seeds in runs.items()]
+    return markdown(["run", *labels, "seeds"], rows)
 
 
 def _ranking(means: Mapping[str, float]) -> str:
@@ -90,7 +115,8 @@ def separation_lines(runs: Mapping[str, Sequence[Mapping[str, Sequence[float]]]]
         means = {run: finite_mean([finite_mean(seed[label]) for seed in seeds]) for run, seeds in runs.items()}
         if label != "background":  # context, not a measure of 3D-awareness: its order is no verdict
             orders[label] = [run for _, run in sorted((-m, run) for run, m in means.items() if math.isfinite(m))]
-        lines.append(f"- Runs by {label}: {_ranking(means)}.")
+        if any(math.isfinite(m) for m in means.values()):
+            lines.append(f"- Runs by {label}: {_ranking(means)}.")
     if len({tuple(order) for order in orders.values()}) > 1:
         lines.append("- The measures disagree on the order of the runs: read the contrast (and the recall) before "
                      "the score, which also rises when all features become alike.")
@@ -129,7 +155,8 @@ def separation_lines(runs: Mapping[str, Sequence[Mapping[str, Sequence[float]]]]
 
 def quartile_table(study: Mapping[str, tuple[Mapping[str, Sequence[float]], Sequence[float], str]]) -> str:
     """Markdown: per benchmark and measure, the downstream metric per quartile of the measure (Q1 = lowest),
-    Spearman's rho and its p-value. A measure with fewer than MIN_QUARTILE_SAMPLES finite values in a benchmark is left out.
+    Spearman's rho and its p-value. A measure with fewer than MIN_QUARTILE_SAMPLES finite values in a benchmark
+    is left out.
 
     Args:
         study: benchmark -> ({label: N per-sample values}, N per-sample metric values, metric name).
@@ -137,7 +164,7 @@ def quartile_table(study: Mapping[str, tuple[Mapping[str, Sequence[float]], Sequ
     rows = []
     for benchmark, (measures, values, metric) in study.items():
         for label, scores in measures.items():
-            if sum(math.isfinite(s) for s in scores) < MIN_QUARTILE_SAMPLES:
+            if label not in LABELS or sum(math.isfinite(s) for s in scores) < MIN_QUARTILE_SAMPLES:
                 continue
             rho, p = spearman(scores, values)
             q = quartiles(scores, values)
