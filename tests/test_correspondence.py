@@ -9,7 +9,7 @@ from collections import defaultdict
 import pytest
 import torch
 
-import threedrs.metrics.correspondence as correspondence
+import threedrs.metrics.correspondence_sums as correspondence_sums
 from threedrs.metrics.correspondence import (
     CorrespondenceResult,
     correspondence_score,
@@ -216,7 +216,7 @@ def test_background_can_be_skipped_and_needs_two_voxels() -> None:
 def test_background_is_exact_over_blocks(monkeypatch: pytest.MonkeyPatch, variant: str) -> None:
     features, points, valid = _random_sample(3, channels=33)
     whole = correspondence_score(features, points, valid, variant=variant)
-    monkeypatch.setattr(correspondence, "_BLOCK_ELEMENTS", 3 * 33)
+    monkeypatch.setattr(correspondence_sums, "BLOCK_ELEMENTS", 3 * 33)
     chunked = correspondence_score(features, points, valid, variant=variant)
     assert chunked.background == pytest.approx(whole.background, abs=1e-12)
 
@@ -225,7 +225,7 @@ def test_background_is_exact_over_blocks(monkeypatch: pytest.MonkeyPatch, varian
 def test_blocks_of_voxels_are_exact(monkeypatch: pytest.MonkeyPatch, same_frame: bool) -> None:
     features, points, valid = _random_sample(3, channels=33)
     whole = correspondence_score(features, points, valid, same_frame=same_frame)
-    monkeypatch.setattr(correspondence, "_BLOCK_ELEMENTS", 3 * 33)  # 3-token blocks, voxels larger than that
+    monkeypatch.setattr(correspondence_sums, "BLOCK_ELEMENTS", 3 * 33)  # 3-token blocks, voxels larger than that
     chunked = correspondence_score(features, points, valid, same_frame=same_frame)
     assert chunked.pairs == whole.pairs
     assert chunked.score == pytest.approx(whole.score, abs=1e-12)

@@ -58,12 +58,12 @@ def test_demo_report_names_the_measure_that_separates_the_runs(tmp_path, capsys)
     assert "- Runs by score: 3DRS (0.926) > baseline (0.849) > 3DRS-2D (0.768)." in text
     assert "- Runs by contrast: 3DRS-2D (0.562) > 3DRS (0.496) > baseline (0.435)." in text
     assert "The measures disagree on the order of the runs" in text
-    base = np.array(measures["baseline"][0] + 0.01 * i) - (measures["baseline"][1] + 0.004 * i)
-    two_d = np.array(measures["3DRS-2D"][0] + 0.01 * i) - (measures["3DRS-2D"][1] + 0.004 * i)
-    error = math.sqrt(base.var(ddof=1) / 8 + two_d.var(ddof=1) / 8)
-    score_error = math.sqrt(2 * 0.01 ** 2 * np.var(i, ddof=1) / 8)
+    # two samples per scene share its frames: the standard error is over the 4 scene means
+    scene_i = i.reshape(4, 2).mean(axis=1)
+    score_error = math.sqrt(2 * 0.01 ** 2 * np.var(scene_i, ddof=1) / 4)
+    contrast_error = math.sqrt(2 * 0.006 ** 2 * np.var(scene_i, ddof=1) / 4)
     assert (f"- 3DRS-2D minus baseline (one seed: no seed spread; run more seeds): score -0.081 "
-            f"({0.081 / score_error:.1f}x the standard error over samples)") in text
-    assert f"contrast +0.127 ({0.127 / error:.1f}x the standard error over samples)" in text
+            f"({0.081 / score_error:.1f}x the standard error over scenes)") in text
+    assert f"contrast +0.127 ({0.127 / contrast_error:.1f}x the standard error over scenes)" in text
     assert "| scanrefer | recall | Acc@0.25 | 8 |" in text
     assert "- Runs by contrast: 3DRS-2D (0.562)" in capsys.readouterr().out

@@ -243,7 +243,7 @@ def test_main_report_end_to_end(tmp_path, capsys) -> None:
     mean_base = math.fsum([0.5, 0.4, 0.1, 0.3, 0.6, 0.45, 0.2, 0.35]) / 8  # 0.3625 exactly: prints 0.362
     assert f"| scanrefer | {mean_base:.3f} | {mean_refer:.3f} |" in text
     assert "| sqa3d | 0.300 | – |" in text
-    assert "- Runs by score: 3DRS (" in text and "standard error over samples" in text  # one seed each
+    assert "- Runs by score: 3DRS (" in text and "x the standard error over scenes)" in text  # one seed each
 
 
 def test_report_reuses_fresh_metrics_and_rescores_stale(tmp_path, monkeypatch) -> None:
@@ -350,10 +350,11 @@ def test_measure_values_and_separation_edge_cases() -> None:
     records = measured(REFER8[:2], [0.9, 0.8], [0.5, 0.5], [0.4, 0.2])
     records[1]["recall"] = {"-1": None}
     values = awareness.measure_values(records + [dict(REFER8[2])], "-1")
-    assert list(values) == ["score", "background", "contrast", "recall", "recall chance"]
+    assert list(values) == ["score", "background", "contrast", "recall", "recall chance", "scene"]
+    assert values["scene"] == ["scene0000_00", "scene0001_00", "scene0002_00"]
     assert values["contrast"][:2] == pytest.approx([0.4, 0.3]) and math.isnan(values["contrast"][2])
     assert values["recall"][0] == 0.4 and math.isnan(values["recall"][1])
-    assert awareness.measure_values(REFER8, "0") == {"score": [math.nan] * 8}  # scores at layer -1 only
+    assert awareness.measure_values(REFER8, "0")["score"] == [math.nan] * 8  # scores at layer -1 only
     with pytest.raises(ValueError, match="reference: 'nope' is not one of the runs"):
         awareness.separation_lines({"a": [{"score": [0.5]}]}, "nope")
     assert awareness.separation_lines({"a": [{"score": [math.nan]}], "b": [{"score": [math.nan]}]}, "a") == []

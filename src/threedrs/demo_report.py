@@ -15,7 +15,8 @@ from pathlib import Path
 from threedrs.demo_recipes import DemoRun, DemoSize, StageTimes
 from threedrs.metrics.awareness import (LABELS, finite_mean, measure_values, number, quartile_table, runs_table,
                                         separation_lines)
-from threedrs.metrics.report import TABLE1_COLUMNS, aggregate_seeds, markdown, read_train_log, results_table, table1_row
+from threedrs.metrics.report import (MIN_QUARTILE_SAMPLES, TABLE1_COLUMNS, aggregate_seeds, markdown, read_train_log,
+                                     results_table, table1_row)
 from threedrs.scoring import per_sample_values, predictions_path, read_predictions
 
 
@@ -52,8 +53,8 @@ def _awareness(results: DemoResults, name: str, seed: int) -> Study:
     return out
 
 
-def _pooled(per_benchmark: Study) -> dict[str, list[float]]:
-    """Label -> its values over the samples of every benchmark."""
+def _pooled(per_benchmark: Study) -> dict[str, list]:
+    """Label -> its values over the samples of every benchmark (recall chance and scene ids too)."""
     labels = list(dict.fromkeys(label for measures, _, _ in per_benchmark.values() for label in measures))
     return {label: [v for m, values, _ in per_benchmark.values() for v in m.get(label, [math.nan] * len(values))]
             for label in labels}
@@ -122,7 +123,8 @@ def write_report(out: Path, results: DemoResults, times: StageTimes) -> Path:
     ours = [awareness["3DRS"][s] for s in results.seeds]
     study = {b: ({label: [v for seed in ours for v in seed[b][0].get(label, [])] for label in labels},
                  [v for seed in ours for v in seed[b][1]], ours[0][b][2]) for b in benches}
-    study = {b: v for b, v in study.items() if sum(math.isfinite(x) for x in v[0].get("score", [])) >= 4}
+    study = {b: v for b, v in study.items()
+             if sum(math.isfinite(x) for x in v[0].get("score", [])) >= MIN_QUARTILE_SAMPLES}
     if study:
         plot_quartiles({b: (m["score"], v, metric) for b, (m, v, metric) in study.items()}, out / "quartiles.png",
                        "3DRS: downstream metric per 3D-awareness score quartile (val)")

@@ -62,8 +62,8 @@ class _Recipe:
                 seed[benchmark] = (measure_values(records, layer), values, metric)
             self.samples.append(seed)
 
-    def per_seed(self) -> list[dict[str, list[float]]]:
-        """Per seed, label -> its values over every sample of every benchmark (recall chance included)."""
+    def per_seed(self) -> list[dict[str, list]]:
+        """Per seed, label -> its values over every sample of every benchmark (recall chance and scene ids too)."""
         found = list(dict.fromkeys(label for seed in self.samples for m, _, _ in seed.values() for label in m))
         return [{label: [v for m, values, _ in seed.values() for v in m.get(label, [math.nan] * len(values))]
                  for label in found} for seed in self.samples]

@@ -17,8 +17,8 @@ import numpy as np
 
 from threedrs.metrics.report import MIN_QUARTILE_SAMPLES, markdown, quartiles, spearman
 
-__all__ = ["CHANCE", "LABELS", "MEASURES", "finite_mean", "measure_values", "mean_std", "number", "quartile_table", "runs_table",
-           "separation_lines"]
+__all__ = ["CHANCE", "LABELS", "MEASURES", "SCENE", "finite_mean", "measure_values", "mean_std", "number", "quartile_table",
+           "runs_table", "separation_lines"]
 
 MEASURES: tuple[tuple[str, str], ...] = (("correspondence", "score"), ("background", "background"),
                                          ("contrast", "contrast"), ("recall", "recall"))
@@ -26,6 +26,8 @@ MEASURES: tuple[tuple[str, str], ...] = (("correspondence", "score"), ("backgrou
 LABELS = tuple(label for _, label in MEASURES)
 CHANCE = "recall chance"
 """Label of the recall's chance level (record key "recall_chance"), kept beside the measures but not one."""
+SCENE = "scene"
+"""Label of each record's scene id: the unit of the one-seed standard error (samples of a scene share frames)."""
 
 
 def number(value: float, digits: int = 3) -> str:
@@ -54,9 +56,10 @@ def mean_std(values: Sequence[float], digits: int = 3) -> str:
     return text + (f" ± {_std(kept):.{digits}f}" if len(kept) > 1 else "")
 
 
-def measure_values(records: Sequence[Mapping], layer: str) -> dict[str, list[float]]:
+def measure_values(records: Sequence[Mapping], layer: str) -> dict[str, list]:
     """Label -> the value of each record at ``layer`` (NaN where absent or null), for the measures that at least
-    one record holds, in MEASURES order; with a recall also CHANCE -> each record's "recall_chance".
+    one record holds, in MEASURES order; with a recall also CHANCE -> each record's "recall_chance"; and SCENE ->
+    each record's scene id.
 
     Args:
         records: predictions records (``threedrs.scoring.read_predictions``).
@@ -69,7 +72,7 @@ def measure_values(records: Sequence[Mapping], layer: str) -> dict[str, list[flo
             out[label] = [math.nan if v is None else float(v) for v in values]
     if "recall" in out:
         out[CHANCE] = [math.nan if r.get("recall_chance") is None else float(r["recall_chance"]) for r in records]
-    return out
+    return out | {SCENE: [r.get("scene_id") for r in records]}
 
 
 def runs_table(runs: Mapping[str, Sequence[Mapping[str, Sequence[float]]]]) -> str:
@@ -86,6 +89,17 @@ def runs_table(runs: Mapping[str, Sequence[Mapping[str, Sequence[float]]]]) -> s
     return markdown(["run", *labels, "seeds"], rows)
 
 
+def _unit_means(values: Sequence[float], units: Sequence[str] | None) -> np.ndarray:
+    """The finite values, or with ``units`` the mean of each unit's finite values."""
+    if units is None:
+        return np.asarray([v for v in values if math.isfinite(v)])
+    groups: dict[str, list[float]] = {}
+    for value, unit in zip(values, units):
+        if math.isfinite(value):
+            groups.setdefault(unit, []).append(value)
+    return np.asarray([finite_mean(group) for group in groups.values()])
+
+
 def _ranking(means: Mapping[str, float]) -> str:
     ordered = sorted((m, run) for run, m in means.items() if math.isfinite(m))
     return " > ".join(f"{run} ({m:.3f})" for m, run in reversed(ordered))
@@ -99,12 +113,13 @@ def separation_lines(runs: Mapping[str, Sequence[Mapping[str, Sequence[float]]]]
     With several seeds the yardstick is the seed spread: the difference is the mean over seeds of the paired
     per-seed differences (seed k of one run against seed k of the other) and the spread their standard deviation.
     With one seed there is no seed spread; the yardstick is then the standard error of the difference of the
-    two per-sample means (a lower bound of the noise, since seeds vary more than samples), and the sentence says
-    so.
+    two means over scenes (each scene's samples averaged first: they share the scene's frames, so their
+    measures are not independent), or over samples when the mappings carry no SCENE; a lower bound of the
+    noise, since seeds vary more, and the sentence says which.
 
     Args:
-        runs: run name -> one mapping per seed, label -> per-sample values (NaN = unscored); seeds in the same
-            order for every run. The reference must be one of the runs.
+        runs: run name -> one mapping per seed, label -> per-sample values (NaN = unscored), optionally SCENE ->
+            per-sample scene ids; seeds in the same order for every run. The reference must be one of the runs.
         reference: the run the others are compared with (e.g. the baseline).
     """
     if reference not in runs:
@@ -128,27 +143,27 @@ def separation_lines(runs: Mapping[str, Sequence[Mapping[str, Sequence[float]]]]
             pairs = list(zip(runs[reference], seeds))
             diffs = [finite_mean(b[label]) - finite_mean(a[label]) for a, b in pairs]
             diff = finite_mean(diffs)
+            by_scene = all(SCENE in s for s in pairs[0])
             if len(pairs) > 1:
                 noise, what = _std(diffs), "the seed spread"
             else:
-                a, b = (np.asarray([v for v in s[label] if math.isfinite(v)]) for s in pairs[0])
+                a, b = (_unit_means(s[label], s[SCENE] if by_scene else None) for s in pairs[0])
                 noise = (math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
                          if min(a.size, b.size) > 1 else math.nan)
-                what = "the standard error over samples"
+                what = f"the standard error over {'scenes' if by_scene else 'samples'}"
             if not math.isfinite(diff):
                 continue
             ratio = abs(diff) / noise if math.isfinite(noise) and noise > 0 else math.nan
             spread = f" ± {noise:.3f}" if len(pairs) > 1 and math.isfinite(noise) else ""
             parts.append(f"{label} {diff:+.3f}{spread}" + (f" ({ratio:.1f}x {what})" if math.isfinite(ratio) else ""))
             if label != "background" and math.isfinite(ratio) and (best is None or ratio > best[1]):
-                best = (label, ratio, diff)
+                best = (label, ratio, diff, what)
         if not parts:
             continue
         seeds_note = f" over {len(seeds)} seeds" if len(seeds) > 1 else " (one seed: no seed spread; run more seeds)"
         line = f"- {run} minus {reference}{seeds_note}: " + "; ".join(parts) + "."
         if best is not None:
-            line += (f" The {best[0]} separates them most ({best[2]:+.3f}, {best[1]:.1f}x "
-                     f"{'the seed spread' if len(seeds) > 1 else 'the standard error over samples'}).")
+            line += f" The {best[0]} separates them most ({best[2]:+.3f}, {best[1]:.1f}x {best[3]})."
         lines.append(line)
     return lines
 
