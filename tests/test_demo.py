@@ -40,16 +40,19 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
 
 
 def test_demo_report_names_the_measure_that_separates_the_runs(tmp_path, capsys):
-    """The issue's situation in miniature: the 2D-teacher run has the lowest score but the highest contrast."""
+    """The issue's situation in miniature: the 2D-teacher run has the lowest score but the highest contrast. Two
+    samples per scene; a run-specific curvature over the samples (mean 0) makes the per-scene differences vary."""
     i = np.arange(8) - 3.5
-    measures = {"baseline": (0.849, 0.414, 0.30), "3DRS": (0.926, 0.430, 0.35), "3DRS-2D": (0.768, 0.206, 0.40)}
+    bend = i ** 2 - np.mean(i ** 2)
+    measures = {"baseline": (0.849, 0.414, 0.30, 0.0), "3DRS": (0.926, 0.430, 0.35, 0.001),
+                "3DRS-2D": (0.768, 0.206, 0.40, 0.002)}  # score, background, recall, curvature
     results = DemoResults(size=DemoSize(scenes=4, scan_frames=4, frames=2, image=28, steps=1), runs=RUNS, seeds=[0])
-    for name, (score, background, recall) in measures.items():
-        records = measured(REFER8, score + 0.01 * i, background + 0.004 * i, recall + 0.02 * i)
-        run = tmp_path / "runs" / name
+    for name, (score, background, recall, curve) in measures.items():
+        records = measured(REFER8, score + 0.01 * i + curve * bend, background + 0.004 * i,
+                           recall + 0.02 * i + 10 * curve * bend)
         for k, record in enumerate(records):
             record["scene_id"] = f"scene{k // 2:04d}_00"
-        make_run(run, {"scanrefer": records})
+        run = make_run(tmp_path / "runs" / name, {"scanrefer": records})
         results.metrics[(name, 0)] = score_run(run, meteor=False)
         results.eval_dirs[(name, 0)] = run
         results.logs[(name, 0)] = run / "no_train_log.jsonl"
@@ -58,12 +61,14 @@ def test_demo_report_names_the_measure_that_separates_the_runs(tmp_path, capsys)
     assert "- Runs by score: 3DRS (0.926) > baseline (0.849) > 3DRS-2D (0.768)." in text
     assert "- Runs by contrast: 3DRS-2D (0.562) > 3DRS (0.496) > baseline (0.435)." in text
     assert "The measures disagree on the order of the runs" in text
-    # two samples per scene share its frames: the standard error is over the 4 scene means
-    scene_i = i.reshape(4, 2).mean(axis=1)
-    score_error = math.sqrt(2 * 0.01 ** 2 * np.var(scene_i, ddof=1) / 4)
-    contrast_error = math.sqrt(2 * 0.006 ** 2 * np.var(scene_i, ddof=1) / 4)
+    # the yardstick: the standard error of the mean of the 4 per-scene differences
+    per_scene = (0.002 * bend).reshape(4, 2).mean(axis=1)
+    error = float(np.std(per_scene, ddof=1) / math.sqrt(4))
     assert (f"- 3DRS-2D minus baseline (one seed: no seed spread; run more seeds): score -0.081 "
-            f"({0.081 / score_error:.1f}x the standard error over scenes)") in text
-    assert f"contrast +0.127 ({0.127 / contrast_error:.1f}x the standard error over scenes)" in text
+            f"({0.081 / error:.1f}x the standard error of the per-scene differences)") in text
+    assert f"contrast +0.127 ({0.127 / error:.1f}x the standard error of the per-scene differences)" in text
+    assert f"recall +0.100 ({0.100 / (10 * error):.1f}x the standard error" in text
+    assert "background -0.208 (the standard error of the per-scene differences is 0)" in text
+    assert "The contrast separates them most (+0.127" in text
     assert "| scanrefer | recall | Acc@0.25 | 8 |" in text
     assert "- Runs by contrast: 3DRS-2D (0.562)" in capsys.readouterr().out

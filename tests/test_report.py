@@ -243,7 +243,7 @@ def test_main_report_end_to_end(tmp_path, capsys) -> None:
     mean_base = math.fsum([0.5, 0.4, 0.1, 0.3, 0.6, 0.45, 0.2, 0.35]) / 8  # 0.3625 exactly: prints 0.362
     assert f"| scanrefer | {mean_base:.3f} | {mean_refer:.3f} |" in text
     assert "| sqa3d | 0.300 | – |" in text
-    assert "- Runs by score: 3DRS (" in text and "x the standard error over scenes)" in text  # one seed each
+    assert "- Runs by score: 3DRS (" in text and "x the standard error of the per-scene differences)" in text
 
 
 def test_report_reuses_fresh_metrics_and_rescores_stale(tmp_path, monkeypatch) -> None:

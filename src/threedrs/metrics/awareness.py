@@ -24,10 +24,11 @@ MEASURES: tuple[tuple[str, str], ...] = (("correspondence", "score"), ("backgrou
                                          ("contrast", "contrast"), ("recall", "recall"))
 """(predictions record key, label) of each per-sample measure, in report order."""
 LABELS = tuple(label for _, label in MEASURES)
+_NO_SPREAD = 1e-9  # a spread this small is rounding: the difference is the same in every seed (or scene)
 CHANCE = "recall chance"
 """Label of the recall's chance level (record key "recall_chance"), kept beside the measures but not one."""
 SCENE = "scene"
-"""Label of each record's scene id: the unit of the one-seed standard error (samples of a scene share frames)."""
+"""Label of each record's scene id: the unit of the one-seed standard error (a scene's samples share its frames)."""
 
 
 def number(value: float, digits: int = 3) -> str:
@@ -89,15 +90,27 @@ def runs_table(runs: Mapping[str, Sequence[Mapping[str, Sequence[float]]]]) -> s
     return markdown(["run", *labels, "seeds"], rows)
 
 
-def _unit_means(values: Sequence[float], units: Sequence[str] | None) -> np.ndarray:
-    """The finite values, or with ``units`` the mean of each unit's finite values."""
-    if units is None:
-        return np.asarray([v for v in values if math.isfinite(v)])
+def _scene_means(values: Sequence[float], scenes: Sequence[str]) -> dict[str, float]:
+    """Scene id -> the mean of its finite values (scenes without one left out)."""
     groups: dict[str, list[float]] = {}
-    for value, unit in zip(values, units):
+    for value, scene in zip(values, scenes):
         if math.isfinite(value):
-            groups.setdefault(unit, []).append(value)
-    return np.asarray([finite_mean(group) for group in groups.values()])
+            groups.setdefault(scene, []).append(value)
+    return {scene: finite_mean(group) for scene, group in groups.items()}
+
+
+def _one_seed_error(a: Mapping[str, Sequence], b: Mapping[str, Sequence], label: str) -> tuple[float, str]:
+    """(standard error, what it is) of the difference b - a of one seed each: paired over the scenes both runs
+    scored when the mappings carry SCENE (the runs saw the same scenes, and a scene's samples share its frames),
+    else unpaired over samples. NaN with fewer than two units."""
+    if SCENE in a and SCENE in b:
+        mean_a, mean_b = _scene_means(a[label], a[SCENE]), _scene_means(b[label], b[SCENE])
+        diffs = [mean_b[scene] - mean_a[scene] for scene in mean_a if scene in mean_b]
+        error = _std(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+        return error, "the standard error of the per-scene differences"
+    x, y = (np.asarray([v for v in s[label] if math.isfinite(v)]) for s in (a, b))
+    error = math.sqrt(x.var(ddof=1) / x.size + y.var(ddof=1) / y.size) if min(x.size, y.size) > 1 else math.nan
+    return error, "the standard error over samples"
 
 
 def _ranking(means: Mapping[str, float]) -> str:
@@ -112,10 +125,10 @@ def separation_lines(runs: Mapping[str, Sequence[Mapping[str, Sequence[float]]]]
 
     With several seeds the yardstick is the seed spread: the difference is the mean over seeds of the paired
     per-seed differences (seed k of one run against seed k of the other) and the spread their standard deviation.
-    With one seed there is no seed spread; the yardstick is then the standard error of the difference of the
-    two means over scenes (each scene's samples averaged first: they share the scene's frames, so their
-    measures are not independent), or over samples when the mappings carry no SCENE; a lower bound of the
-    noise, since seeds vary more, and the sentence says which.
+    With one seed there is no seed spread; the yardstick is then the standard error of the mean of the per-scene
+    differences (each scene's samples averaged first: they share the scene's frames, so their measures are not
+    independent; both runs saw the same scenes), or the unpaired error over samples when the mappings carry no
+    SCENE. It is a lower bound of the noise, since seeds vary more, and the sentence says which it is.
 
     Args:
         runs: run name -> one mapping per seed, label -> per-sample values (NaN = unscored), optionally SCENE ->
@@ -143,19 +156,17 @@ def separation_lines(runs: Mapping[str, Sequence[Mapping[str, Sequence[float]]]]
             pairs = list(zip(runs[reference], seeds))
             diffs = [finite_mean(b[label]) - finite_mean(a[label]) for a, b in pairs]
             diff = finite_mean(diffs)
-            by_scene = all(SCENE in s for s in pairs[0])
             if len(pairs) > 1:
                 noise, what = _std(diffs), "the seed spread"
             else:
-                a, b = (_unit_means(s[label], s[SCENE] if by_scene else None) for s in pairs[0])
-                noise = (math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
-                         if min(a.size, b.size) > 1 else math.nan)
-                what = f"the standard error over {'scenes' if by_scene else 'samples'}"
+                noise, what = _one_seed_error(*pairs[0], label)
             if not math.isfinite(diff):
                 continue
-            ratio = abs(diff) / noise if math.isfinite(noise) and noise > 0 else math.nan
+            flat = math.isfinite(noise) and noise <= _NO_SPREAD
+            ratio = abs(diff) / noise if math.isfinite(noise) and not flat else math.nan
             spread = f" ± {noise:.3f}" if len(pairs) > 1 and math.isfinite(noise) else ""
-            parts.append(f"{label} {diff:+.3f}{spread}" + (f" ({ratio:.1f}x {what})" if math.isfinite(ratio) else ""))
+            note = f" ({ratio:.1f}x {what})" if math.isfinite(ratio) else (f" ({what} is 0)" if flat else "")
+            parts.append(f"{label} {diff:+.3f}{spread}{note}")
             if label != "background" and math.isfinite(ratio) and (best is None or ratio > best[1]):
                 best = (label, ratio, diff, what)
         if not parts:
