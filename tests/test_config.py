@@ -44,8 +44,8 @@ def test_dump_round_trips(tmp_path):
     ("data.frames=0", "data.frames: must be at least 1"),
     ("data.sampling=random", "data.sampling: 'random' is not one of 'uniform', 'max_coverage'"),
     ("correspondence.same_frame=2", "correspondence.same_frame: expected true or false"),
-    ("correspondence.recall_radius=0", "correspondence.recall_radius: must be positive"),
-    ("correspondence.recall_memory_mb=-1", "correspondence.recall_memory_mb: must be positive"),
+    ("correspondence.recall_radius=0", "correspondence.recall_radius: must be a positive number of metres"),
+    ("correspondence.recall_memory_mb=-1", "correspondence.recall_memory_mb: must be a positive number"),
     ("data=3", "data: expected a mapping"),
     ("frames", "must look like key=value"),
 ])
@@ -59,6 +59,8 @@ def test_bad_values_are_named(override, message):
     ("synth.val_fraction=nan", "synth.val_fraction"), ("data.coverage_voxel=-0.1", "data.coverage_voxel"),
     ("data.coverage_voxel=inf", "data.coverage_voxel"), ("correspondence.voxel=0", "correspondence.voxel"),
     ("correspondence.voxel=nan", "correspondence.voxel"), ("teacher.channels=0", "teacher.channels"),
+    ("correspondence.recall_radius=nan", "correspondence.recall_radius"),
+    ("correspondence.recall_memory_mb=inf", "correspondence.recall_memory_mb"),
     ("teacher.batch_frames=-2", "teacher.batch_frames"), ("teacher.grid=[0,4]", "teacher.grid"),
     ("model.tiny_seed=-1", "model.tiny_seed"), ("model.lora_rank=-1", "model.lora_rank"),
     ("model.lora_alpha=0", "model.lora_alpha"), ("model.lora_dropout=1.0", "model.lora_dropout"),
@@ -105,3 +107,16 @@ def test_explicit_keys_name_the_leaves_of_file_and_overrides(tmp_path):
     keys = explicit_keys(path, ["data.frames=4", "correspondence={voxel: 0.2}"])
     assert keys == {"name", "probe.posenc", "probe.layers", "data.frames", "correspondence.voxel"}
     assert explicit_keys() == set()
+
+
+def test_recall_settings_in_the_provenance_records():
+    """The recall never changes what training writes; its memory bound never changes what eval writes (only how
+    it computes), while switching the recall on or its match radius does."""
+    from threedrs.provenance import config_fields
+
+    cfg = load_config(None, ["correspondence.recall=true", "correspondence.recall_radius=0.2"])
+    assert not any(k.startswith("correspondence.recall") for k in config_fields(cfg, "train"))
+    assert "correspondence.voxel" in config_fields(cfg, "train")
+    fields = config_fields(cfg, "eval")
+    assert fields["correspondence.recall"] is True and fields["correspondence.recall_radius"] == 0.2
+    assert "correspondence.recall_memory_mb" not in fields

@@ -61,9 +61,10 @@ _short.maxstring, _short.maxlist, _short.maxdict, _short.maxother = 48, 4, 4, 48
 # config keys that never change what a command writes (prefix match on dotted keys)
 _NOT_OUTPUTS = {
     "train": ("name", "output_dir", "data.split", "eval.", "probe.", "synth.", "teacher.cache_dir",
-              "teacher.batch_frames", "teacher.dtype", "train.num_workers", "train.log_every", "train.save_every"),
+              "teacher.batch_frames", "teacher.dtype", "train.num_workers", "train.log_every", "train.save_every",
+              "correspondence.recall"),
     "eval": ("name", "output_dir", "data.split", "train.", "probe.", "synth.", "teacher.", "eval.benchmarks",
-             "eval.limit", "eval.split", "eval.checkpoint", "eval.meteor"),
+             "eval.limit", "eval.split", "eval.checkpoint", "eval.meteor", "correspondence.recall_memory_mb"),
 }
 
 
