@@ -2,9 +2,10 @@
 
 `threedrs train` writes the whole resolved config to ``<run>/config.yaml`` and checkpoints to
 ``<run>/checkpoints/step_NNNNNN``. The visual tokens of a checkpoint depend on more than its weights: the model
-(family, image size, tiny seed, LoRA), the heads it holds (align.*), whether the 3D position encoding was added
-(align.posenc), and which frames were seen (data.frames, data.sampling, data.coverage_voxel and the frame-list
-file under teacher.cache_dir). Probing with other values measures another model: a run trained WITHOUT the
+(family, image size, resizing, tiny seed, LoRA), the heads it holds and the points of its position encoding
+(align.*), whether that encoding was added (align.posenc), and which frames were seen and how they were placed
+(data.* but data.root and data.split: frame rule, frame source, axis alignment; the frame-list file under
+teacher.cache_dir). Probing with other values measures another model: a run trained WITHOUT the
 position encoding, probed with it, scores its tokens plus an encoding it never learnt to use.
 
 `settings_from_run` therefore takes these settings from the run's config, except those the user set
@@ -19,18 +20,23 @@ from pathlib import Path
 from typing import Any
 
 from threedrs.checkpoint import newest_checkpoint
-from threedrs.config import AlignConfig, ExperimentConfig, ModelConfig, from_dict, load_config, to_dict, validate
+from threedrs.config import AlignConfig, DataConfig, ExperimentConfig, ModelConfig, from_dict, load_config, to_dict, validate
 
 __all__ = ["checkpoint_and_run", "non_default_keys", "settings_from_run"]
 
 
+_DATA_OF_THE_PROBE = ("root", "split")  # which scenes to probe: the user's, never the run's
+
+
 def _pairs() -> list[tuple[str, str]]:
-    """(key in the probe's config, key in the run's config) of every setting that shapes a checkpoint's tokens."""
+    """(key in the probe's config, key in the run's config) of every setting that shapes a checkpoint's tokens:
+    model.* and align.*, data.* but the scenes (the frame rule, frame source, axis alignment, ...), the frame-list
+    file under teacher.cache_dir, the position encoding and the probed layers."""
     sections = [(f"{section}.{f.name}", f"{section}.{f.name}")
-                for section, cls in (("model", ModelConfig), ("align", AlignConfig)) for f in dataclasses.fields(cls)]
-    return sections + [("probe.posenc", "align.posenc"), ("data.frames", "data.frames"),
-                       ("data.sampling", "data.sampling"), ("data.coverage_voxel", "data.coverage_voxel"),
-                       ("teacher.cache_dir", "teacher.cache_dir"), ("probe.layers", "eval.probe_layers")]
+                for section, cls in (("model", ModelConfig), ("align", AlignConfig), ("data", DataConfig))
+                for f in dataclasses.fields(cls) if not (section == "data" and f.name in _DATA_OF_THE_PROBE)]
+    return sections + [("probe.posenc", "align.posenc"), ("teacher.cache_dir", "teacher.cache_dir"),
+                       ("probe.layers", "eval.probe_layers")]
 
 
 def checkpoint_and_run(path: str | Path) -> tuple[Path, Path]:
