@@ -53,7 +53,7 @@ import torch
 
 from threedrs.align.task import AlignTask, Batch
 from threedrs.config import SynthConfig, load_config
-from threedrs.data.dataset import TrainingData, build_training_data
+from threedrs.training_data import TrainingData, build_training_data
 from threedrs.data.synthetic import generate
 from threedrs.extract import extract
 from threedrs.models.qwen2_vl import Qwen2VLAdapter

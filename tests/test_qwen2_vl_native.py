@@ -11,7 +11,7 @@ from PIL import Image
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from threedrs.config import ConfigError, ModelConfig, load_config
-from threedrs.data.dataset import build_training_data
+from threedrs.training_data import build_training_data
 from threedrs.data.instances import SceneDataError
 from threedrs.extract import extract
 from threedrs.models.qwen2_vl import Qwen2VLAdapter

@@ -9,7 +9,7 @@ import torch
 
 from threedrs.align.task import AlignTask
 from threedrs.config import load_config
-from threedrs.data.dataset import build_training_data
+from threedrs.training_data import build_training_data
 from threedrs.data.instances import SceneDataError
 from threedrs.extract import extract
 from threedrs.models.registry import build_adapter
@@ -119,7 +119,7 @@ def test_missing_cache_scenes_and_grid_mismatch_fail_at_start(cached, tmp_path):
 
 
 def _task_and_batch(cfg, loss="l2norm"):
-    from threedrs.data.dataset import collate
+    from threedrs.data.batch import collate
 
     adapter = build_adapter(cfg.model)
     data = build_training_data(cfg, adapter)

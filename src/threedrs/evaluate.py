@@ -26,10 +26,11 @@ import torch
 from tqdm import tqdm
 
 from threedrs.align.saved_heads import HEAD_PREFIXES, META_FILE, check_export_settings, is_exported, read_heads
-from threedrs.align.task import AlignTask, Batch
+from threedrs.align.task import AlignTask
 from threedrs.checkpoint import model_sha256, newest_checkpoint, read_model_weights
 from threedrs.config import ConfigError, ExperimentConfig
-from threedrs.data.dataset import Candidates, SceneSampleDataset, collate, pixel_options
+from threedrs.data.batch import Batch, collate
+from threedrs.data.dataset import Candidates, SceneSampleDataset, pixel_options
 from threedrs.data.instances import SceneDataError
 from threedrs.data.preflight import BenchmarkInputs, prepare_evaluation
 from threedrs.data.tasks import load_benchmark

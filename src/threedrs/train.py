@@ -205,7 +205,7 @@ def _train(cfg: ExperimentConfig, resume: bool, progress: bool, overwrite: bool,
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
     from transformers import get_cosine_schedule_with_warmup
 
-    from threedrs.data.dataset import build_training_data
+    from threedrs.training_data import build_training_data
     from threedrs.data.preflight import prepare_training
     from threedrs.models.registry import build_adapter
     from threedrs.teachers.cache import frame_lists_for

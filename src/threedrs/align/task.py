@@ -14,8 +14,6 @@ from the projector's patch features and the last-layer token states by pixel sha
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
 import torch
 from torch import Tensor, nn
 
@@ -24,76 +22,11 @@ from threedrs.align.grounding import GroundingHead, object_features, pixel_share
 from threedrs.align.head import AlignmentHead
 from threedrs.align.loss import distillation_loss
 from threedrs.align.posenc import position_encoding
-from threedrs.data.tasks import COORD_TOKEN, GROUND_TOKEN, Sample
+from threedrs.data.batch import Batch
+from threedrs.data.tasks import COORD_TOKEN, GROUND_TOKEN
 from threedrs.models.base import MLLMAdapter, token_embedding_offsets
 
 GROUNDING_TASKS = ("scanrefer", "multi3drefer")
-
-
-@dataclass
-class Batch:
-    """A collated training or evaluation batch of B samples, each with the S frames of its scene.
-
-    samples: the B benchmark samples (ids, tasks, prompts and answers are read from them).
-    frames: [B, S, 3, H, W] float in [0, 1].  token_points: [B, S, h, w, 3] world points (metres) of the visual
-    tokens, token_valid: [B, S, h, w] bool (token has valid depth).  teacher: [B, S, h, w, C] cached teacher
-    targets (None when no teacher), teacher_valid: [B, S, h, w] bool.  boxes: per sample the candidate boxes
-    [P_i, 6] (ground truth in training, proposals at evaluation).  coord_boxes: [B, 6] Scan2Cap prompt boxes
-    (NaN rows for other samples).  target_ids: indices into that sample's `boxes` of the grounding targets.
-    first_view: [B, S] bool, False for a frame that repeats an earlier one (uniform sampling of a short scan).
-    posenc_points: [B, S, h, w, 3] the points the position encoding reads under align.posenc_points=pixel_blocks
-    (None otherwise); pixel_points: [B, S, c, c, 3] the world point of every vision-input pixel the patches cover,
-    for align.object_features=pixel_share (None otherwise; data/dataset.py).
-    """
-
-    samples: list[Sample]
-    frames: Tensor
-    token_points: Tensor
-    token_valid: Tensor
-    boxes: list[Tensor]
-    target_ids: list[list[int]]
-    coord_boxes: Tensor
-    first_view: Tensor
-    teacher: Tensor | None = None
-    teacher_valid: Tensor | None = None
-    posenc_points: Tensor | None = None
-    pixel_points: Tensor | None = None
-
-    @property
-    def ids(self) -> list[str]:
-        return [s.id for s in self.samples]
-
-    @property
-    def tasks(self) -> list[str]:
-        return [s.task for s in self.samples]
-
-    @property
-    def scene_ids(self) -> list[str]:
-        return [s.scene_id for s in self.samples]
-
-    @property
-    def prompts(self) -> list[str]:
-        return [s.prompt for s in self.samples]
-
-    @property
-    def answers(self) -> list[str]:
-        return [s.answer for s in self.samples]
-
-    @property
-    def pair_valid(self) -> Tensor:
-        """[B, S, h, w] tokens that may form correspondence pairs: valid depth, and a frame's first copy only."""
-        return self.token_valid & self.first_view[:, :, None, None]
-
-    def to(self, device: torch.device | str) -> Batch:
-        """The batch with every tensor moved to `device` (teacher targets become float32)."""
-        return replace(
-            self, frames=self.frames.to(device), token_points=self.token_points.to(device),
-            token_valid=self.token_valid.to(device), boxes=[b.to(device) for b in self.boxes],
-            coord_boxes=self.coord_boxes.to(device), first_view=self.first_view.to(device),
-            teacher=None if self.teacher is None else self.teacher.to(device, torch.float32),
-            teacher_valid=None if self.teacher_valid is None else self.teacher_valid.to(device),
-            posenc_points=None if self.posenc_points is None else self.posenc_points.to(device),
-            pixel_points=None if self.pixel_points is None else self.pixel_points.to(device))
 
 
 class AlignTask(nn.Module):

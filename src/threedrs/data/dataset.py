@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from threedrs.data.instances import SceneDataError
-from threedrs.data.preflight import BenchmarkInputs, prepare_training
 from threedrs.data.sampling import FrameLists, first_views
 from threedrs.data.scene import Scene
 from threedrs.data.tasks import Sample
@@ -50,7 +48,9 @@ class SceneSampleDataset(Dataset):
 
     footprints: function (H, W) -> [h, w, 4] pixel boxes of the student's tokens in the original frame.
     candidates: scene id -> Candidates (GT objects for training, proposals for evaluation).
-    cache: a teachers.cache.FeatureCache or None (no distillation target).
+    cache: a feature cache or None (no distillation target): anything with `scene in cache`, `cache.directory`
+    and `cache.load(scene_id, frame_ids) -> .tokens, .valid` (teachers/cache.py FeatureCache; training_data.py
+    builds it, this layer never imports it).
     pixel_grid / keep_pixels: the Video-3D LLM point sets (module docstring); None / False = none.
     """
 
@@ -144,67 +144,6 @@ def pixel_point_sets(depth: Tensor, depth_K: Tensor, poses: Tensor, grid: PixelG
         span = grid.patches * grid.patch
         out["pixel_points"] = pixels[:, :span, :span].contiguous()
     return out
-
-
-def collate(items: list[dict]):
-    """Stack dataset items into an align.task.Batch."""
-    from threedrs.align.task import Batch
-
-    samples = [it["sample"] for it in items]
-    teacher = None
-    if "teacher" in items[0]:
-        teacher = torch.stack([it["teacher"] for it in items])
-        teacher_valid = torch.stack([it["teacher_valid"] for it in items]) & torch.stack(
-            [it["token_valid"] for it in items])
-    return Batch(samples=samples, frames=torch.stack([it["frames"] for it in items]),
-                 token_points=torch.stack([it["token_points"] for it in items]),
-                 token_valid=torch.stack([it["token_valid"] for it in items]),
-                 boxes=[it["boxes"] for it in items], target_ids=[it["target_ids"] for it in items],
-                 coord_boxes=torch.stack([it["coord_box"] for it in items]),
-                 first_view=torch.stack([it["first_view"] for it in items]), teacher=teacher,
-                 teacher_valid=teacher_valid if teacher is not None else None,
-                 posenc_points=_stacked(items, "posenc_points"), pixel_points=_stacked(items, "pixel_points"))
-
-
-def _stacked(items: list[dict], key: str) -> Tensor | None:
-    return torch.stack([it[key] for it in items]) if key in items[0] else None
-
-
-@dataclass
-class TrainingData:
-    """What `threedrs train` needs from the data side."""
-
-    dataset: SceneSampleDataset
-    collate: Callable[[list[dict]], object]
-    teacher_channels: int | None
-
-
-def build_training_data(cfg, adapter, split: str = "train", inputs: BenchmarkInputs | None = None) -> TrainingData:
-    """Samples of cfg.train.tasks on `split` (`inputs`: already loaded and checked by
-    `threedrs.data.preflight.prepare_training`, else loaded and checked now), frames from the cache's frame lists,
-    teacher features when the alignment loss needs them (refusing a cache that does not match the config)."""
-    from threedrs.teachers.cache import CacheSpec, FeatureCache, frame_lists_for
-
-    root = Path(cfg.data.root)
-    inputs = prepare_training(cfg, frame_lists_for(cfg), split) if inputs is None else inputs
-    samples, gt = inputs.samples, inputs.objects
-    scenes = sorted({s.scene_id for s in samples})
-    candidates = {s: Candidates(boxes, ids) for s, (ids, boxes) in gt.items()}
-    cache, channels = None, None
-    if cfg.align.loss not in ("none", "correspondence"):
-        first = Scene(root, scenes[0], cfg.data.axis_alignment)
-        height, width = first.load_frame(first.frame_ids[0]).color.shape[:2]
-        grid = tuple(adapter.token_grid(height, width))
-        if cfg.teacher.grid is None:
-            cfg = replace(cfg, teacher=replace(cfg.teacher, grid=grid))
-        elif tuple(cfg.teacher.grid) != grid:
-            raise SceneDataError(f"teacher.grid {list(cfg.teacher.grid)} does not match the student's token grid "
-                                 f"{list(grid)} for {width}x{height} frames; extract with teacher.grid={list(grid)}")
-        cache = FeatureCache(cfg.teacher.cache_dir, expected=CacheSpec.from_config(cfg))
-        channels = int(cache.manifest["channels"])
-    dataset = SceneSampleDataset(samples, root, frame_lists_for(cfg), adapter.footprints, candidates, gt, cache,
-                                 cfg.data.axis_alignment, **pixel_options(cfg, adapter))
-    return TrainingData(dataset, collate, channels)
 
 
 def pixel_options(cfg, adapter) -> dict:
