@@ -26,14 +26,18 @@ import numpy as np
 from tqdm import tqdm
 
 from threedrs.config import SynthConfig, to_dict, validate
-from threedrs.data.synthetic import questions, referring, writer
 from threedrs.data.synthetic.catalog import CATEGORIES, COLOURS
 from threedrs.data.synthetic.mesh import build_mesh
 from threedrs.data.synthetic.proposals import detector_proposals
+from threedrs.data.synthetic.questions import scanqa_records, sqa3d_items
+from threedrs.data.synthetic.referring import multi3drefer_records, scan2cap_corpus, scanrefer_records
 from threedrs.data.synthetic.relations import Facts
 from threedrs.data.synthetic.render import Renderer, RenderScene
 from threedrs.data.synthetic.rooms import (STREAM_LANGUAGE, STREAM_MESH, STREAM_PROPOSALS, STREAM_SPLIT, Room,
                                            build_room, scene_name, scene_rng)
+from threedrs.data.synthetic.writer import (matrix_text, write_aggregation, write_frame, write_json, write_label_map,
+                                            write_lines, write_ply, write_scan_meta, write_segments,
+                                            write_sparse_masks)
 
 VERSION = "1.0"
 MANIFEST = "synthrooms.json"
@@ -146,7 +150,7 @@ def generate(cfg: SynthConfig, out: str | Path, progress: bool = True) -> SynthS
     _prepare(out)
     splits = split_scenes(cfg)
     split_of = {sid: split for split, ids in splits.items() for sid in ids}
-    writer.write_json(out / MANIFEST, {"generator": "threedrs.synthrooms", "version": VERSION, "complete": False})
+    write_json(out / MANIFEST, {"generator": "threedrs.synthrooms", "version": VERSION, "complete": False})
     scene_info: dict[str, dict] = {}
     ann: dict[str, dict[str, list]] = {b: {s: [] for s in SPLITS} for b in (*BENCHMARKS, "sqa3d_ann")}
     gt_boxes: dict[str, dict] = {s: {} for s in SPLITS}
@@ -159,40 +163,40 @@ def generate(cfg: SynthConfig, out: str | Path, progress: bool = True) -> SynthS
         frame_dir.mkdir(parents=True, exist_ok=True)
         depth_k = room.intrinsics if cfg.depth_width is None else room.intrinsics.resized(cfg.depth_width,
                                                                                             cfg.depth_height)
-        (frame_dir / "intrinsic.txt").write_text(writer.matrix_text(room.intrinsics.matrix()))
-        (frame_dir / "depth_intrinsic.txt").write_text(writer.matrix_text(depth_k.matrix()))
+        (frame_dir / "intrinsic.txt").write_text(matrix_text(room.intrinsics.matrix()))
+        (frame_dir / "depth_intrinsic.txt").write_text(matrix_text(depth_k.matrix()))
         renderer = Renderer(RenderScene.from_room(room), room.intrinsics)
         depth_renderer = renderer if depth_k == room.intrinsics else Renderer(renderer.scene, depth_k)
         for f, pose in enumerate(room.poses):
             frame = renderer.render(pose)
             depth = frame.depth if depth_renderer is renderer else depth_renderer.render(pose).depth
-            writer.write_frame(frame_dir, f, frame.rgb, depth, None if room.invalid[f] else room.poses_scan[f])
+            write_frame(frame_dir, f, frame.rgb, depth, None if room.invalid[f] else room.poses_scan[f])
         mesh = build_mesh(room, scene_rng(cfg.seed, index, STREAM_MESH))
         scan_dir = out / "scannet" / "scans" / sid
         scan_dir.mkdir(parents=True, exist_ok=True)
-        writer.write_ply(scan_dir / f"{sid}_vh_clean_2.ply", mesh)
-        writer.write_segments(scan_dir / f"{sid}_vh_clean_2.0.010000.segs.json", sid, mesh)
-        writer.write_aggregation(scan_dir / f"{sid}.aggregation.json", sid, mesh)
-        writer.write_scan_meta(scan_dir / f"{sid}.txt", room, cfg.frames, depth_k)
+        write_ply(scan_dir / f"{sid}_vh_clean_2.ply", mesh)
+        write_segments(scan_dir / f"{sid}_vh_clean_2.0.010000.segs.json", sid, mesh)
+        write_aggregation(scan_dir / f"{sid}.aggregation.json", sid, mesh)
+        write_scan_meta(scan_dir / f"{sid}.txt", room, cfg.frames, depth_k)
         gt_boxes[split][f"scannet/{sid}"] = np.round(mesh.boxes(), 6).tolist()
         if split == "val":
             masks, boxes = detector_proposals(mesh, len(room.objects), scene_rng(cfg.seed, index, STREAM_PROPOSALS))
             (out / "mask").mkdir(exist_ok=True)
-            writer.write_sparse_masks(out / "mask" / f"{sid}.mask.npz", masks)
+            write_sparse_masks(out / "mask" / f"{sid}.mask.npz", masks)
             pred_boxes[f"scannet/{sid}"] = np.round(boxes, 6).tolist()
         facts = Facts(room)
         rng = scene_rng(cfg.seed, index, STREAM_LANGUAGE)
-        ann["scanrefer"][split] += referring.scanrefer_records(facts, rng)
-        ann["multi3drefer"][split] += referring.multi3drefer_records(facts, rng)
-        ann["scanqa"][split] += questions.scanqa_records(facts, split, rng)
-        qs, anns = questions.sqa3d_items(facts, rng)
+        ann["scanrefer"][split] += scanrefer_records(facts, rng)
+        ann["multi3drefer"][split] += multi3drefer_records(facts, rng)
+        ann["scanqa"][split] += scanqa_records(facts, split, rng)
+        qs, anns = sqa3d_items(facts, rng)
         ann["sqa3d"][split] += qs
         ann["sqa3d_ann"][split] += anns
         categories.update(o.category for o in room.objects)
         scene_info[sid] = _scene_info(room)
     _write_tables(out, splits, gt_boxes, pred_boxes, categories)
     samples = _write_benchmarks(out, ann)
-    writer.write_json(out / MANIFEST, _manifest(cfg, splits, scene_info))
+    write_json(out / MANIFEST, _manifest(cfg, splits, scene_info))
     return SynthSummary(
         out=str(out), scenes={s: len(splits[s]) for s in SPLITS}, frames_per_scene=cfg.frames,
         frames=cfg.scenes * cfg.frames, invalid_frames=cfg.scenes * cfg.invalid_pose_frames,
@@ -203,12 +207,12 @@ def generate(cfg: SynthConfig, out: str | Path, progress: bool = True) -> SynthS
 def _write_tables(out: Path, splits: dict[str, list[str]], gt_boxes: dict, pred_boxes: dict,
                   categories: Counter) -> None:
     for split in SPLITS:
-        writer.write_lines(out / "metadata" / f"scannetv2_{split}.txt", splits[split])
-        writer.write_json(out / "metadata" / f"scannet_{split}_gt_box.json", gt_boxes[split])
-    writer.write_json(out / "metadata" / "scannet_val_pred_box.json", pred_boxes)
+        write_lines(out / "metadata" / f"scannetv2_{split}.txt", splits[split])
+        write_json(out / "metadata" / f"scannet_{split}_gt_box.json", gt_boxes[split])
+    write_json(out / "metadata" / "scannet_val_pred_box.json", pred_boxes)
     n = sum(len(ids) for ids in splits.values())
     counts = {**categories, "wall": 4 * n, "floor": n, "ceiling": n}
-    writer.write_label_map(out / "scannet" / "scannetv2-labels.combined.tsv", counts)
+    write_label_map(out / "scannet" / "scannetv2-labels.combined.tsv", counts)
 
 
 def _write_benchmarks(out: Path, ann: dict[str, dict[str, list]]) -> dict[str, dict[str, int]]:
@@ -216,21 +220,21 @@ def _write_benchmarks(out: Path, ann: dict[str, dict[str, list]]) -> dict[str, d
     answers: set[str] = set()
     for split in SPLITS:
         scanrefer = ann["scanrefer"][split]  # as the official files: no eval_type
-        writer.write_json(out / "scanrefer" / f"ScanRefer_filtered_{split}.json", scanrefer)
-        writer.write_json(out / "multi3drefer" / f"multi3drefer_{split}.json", ann["multi3drefer"][split])
-        corpus = referring.scan2cap_corpus(scanrefer)
-        writer.write_json(out / "scan2cap" / f"scan2cap_{split}_corpus.json", corpus)
-        writer.write_json(out / "scanqa" / f"ScanQA_v1.0_{split}.json", ann["scanqa"][split])
+        write_json(out / "scanrefer" / f"ScanRefer_filtered_{split}.json", scanrefer)
+        write_json(out / "multi3drefer" / f"multi3drefer_{split}.json", ann["multi3drefer"][split])
+        corpus = scan2cap_corpus(scanrefer)
+        write_json(out / "scan2cap" / f"scan2cap_{split}_corpus.json", corpus)
+        write_json(out / "scanqa" / f"ScanQA_v1.0_{split}.json", ann["scanqa"][split])
         balanced = out / "sqa3d" / "balanced"
-        writer.write_json(balanced / f"v1_balanced_questions_{split}_scannetv2.json",
+        write_json(balanced / f"v1_balanced_questions_{split}_scannetv2.json",
                           _sqa3d_wrapper("questions", ann["sqa3d"][split], split))
-        writer.write_json(balanced / f"v1_balanced_sqa_annotations_{split}_scannetv2.json",
+        write_json(balanced / f"v1_balanced_sqa_annotations_{split}_scannetv2.json",
                           _sqa3d_wrapper("annotations", ann["sqa3d_ann"][split], split))
         answers.update(a["answers"][0]["answer"] for a in ann["sqa3d_ann"][split])
         for bench in BENCHMARKS:
             samples[bench][split] = len(corpus) if bench == "scan2cap" else len(ann[bench][split])
     vocab = sorted(answers)
-    writer.write_json(out / "sqa3d" / "balanced" / "answer_dict.json",
+    write_json(out / "sqa3d" / "balanced" / "answer_dict.json",
                       [{a: i for i, a in enumerate(vocab)}, {str(i): a for i, a in enumerate(vocab)}])
     return samples
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from threedrs.config import SynthConfig
-from threedrs.data.synthetic import layout
 from threedrs.data.synthetic.camera import Intrinsics, file_roundtrip, invalid_frames, scan_trajectory
 from threedrs.data.synthetic.catalog import COLOURS, ROLE_ACCENT
+from threedrs.data.synthetic.layout import Placed, furnish
 from threedrs.data.synthetic.textures import MaterialBuilder, MaterialTable, Window
 
 STREAM_LAYOUT, STREAM_CAMERA, STREAM_MESH, STREAM_PROPOSALS, STREAM_LANGUAGE, STREAM_SPLIT = range(6)
@@ -134,7 +134,7 @@ def _sample_window(size: np.ndarray, rng: np.random.Generator) -> Window:
     return Window(surface, float(centre - width / 2), float(centre + width / 2), float(sill), float(top))
 
 
-def _object_materials(builder: MaterialBuilder, placed: layout.Placed, rng: np.random.Generator) -> np.ndarray:
+def _object_materials(builder: MaterialBuilder, placed: Placed, rng: np.random.Generator) -> np.ndarray:
     """Add the main and accent materials of one object; returns the material index of each part."""
     base = np.asarray(COLOURS[placed.colour], dtype=np.float64) / 255.0
     base = np.clip(base * rng.uniform(0.88, 1.08) + rng.normal(0.0, 0.02, 3), 0, 1)
@@ -214,7 +214,7 @@ def build_room(cfg: SynthConfig, index: int) -> Room:
     size = np.round(np.array([rng.uniform(4.0, 8.0), rng.uniform(3.5, 7.0), rng.uniform(2.6, 3.0)]), 2)
     window = _sample_window(size, rng)
     trajectory = scan_trajectory(size, cfg.frames, cam_rng)
-    placed = layout.furnish(size, window, trajectory.path_xy, rng)
+    placed = furnish(size, window, trajectory.path_xy, rng)
     order = rng.permutation(len(placed))  # objectIds are not grouped by placement stage
     new_id = {int(old): new for new, old in enumerate(order)}
     builder = MaterialBuilder()
