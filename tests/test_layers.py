@@ -34,6 +34,7 @@ FOUNDATION = {
     "threedrs.aabb",
     "threedrs.pixel_blocks",
     "threedrs.locking",
+    "threedrs.json_files",
 }
 
 

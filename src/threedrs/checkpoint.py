@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from threedrs.checkpoint_state import load_optimizer, load_rng, rng_file, save_optimizer, save_rng
+from threedrs.json_files import read_json_file
 from threedrs.pickle_guard import UntrustedCheckpointError, check_pickles
 from threedrs.provenance import file_sha256
 
@@ -87,10 +88,7 @@ def verify_checkpoint(folder: Path, hash_files: bool = True) -> dict:
     path = folder / STATE
     if not path.is_file():
         raise CorruptCheckpointError(f"{folder}: incomplete checkpoint (no {STATE})")
-    try:
-        state = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptCheckpointError(f"{path}: not valid JSON ({exc})") from None
+    state = read_json_file(path, CorruptCheckpointError)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UntrustedCheckpointError(
             f"{folder}: not a threedrs checkpoint of this format ({STATE} has no \"format\": \"{FORMAT}\"; older "
@@ -238,8 +236,9 @@ def load_checkpoint(accelerator, task, optimizer, scheduler, folder: Path, state
         if accelerator.scaler is not None:
             if not (folder / SCALER).is_file():
                 raise CheckpointError(f"{folder}: no {SCALER}; it was saved without fp16 mixed precision")
-            accelerator.scaler.load_state_dict(json.loads((folder / SCALER).read_text()))
-    scheduler.load_state_dict(json.loads((folder / SCHEDULER).read_text()))
+            scaler_state = read_json_file(folder / SCALER, CorruptCheckpointError, expect=dict)
+            accelerator.scaler.load_state_dict(scaler_state)
+    scheduler.load_state_dict(read_json_file(folder / SCHEDULER, CorruptCheckpointError, expect=dict))
     rng = folder / rng_file(accelerator.process_index)
     if rng.is_file():
         load_rng(rng)

@@ -23,6 +23,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from threedrs.json_files import read_json_file
+
 __all__ = ["load_optimizer", "load_rng", "rng_file", "save_optimizer", "save_rng"]
 
 
@@ -52,7 +54,7 @@ def load_optimizer(tensors_path: Path, json_path: Path, live_groups: list[dict])
 
     live_groups: the optimizer's current param_groups (tuples there are restored as tuples).
     """
-    meta = json.loads(json_path.read_text())
+    meta = read_json_file(json_path, ValueError, expect=dict)
     state: dict[int, dict[str, object]] = {}
     with safe_open(str(tensors_path), framework="pt") as handle:
         for key in handle.keys():

@@ -19,13 +19,14 @@ reproduced inference path (pixel_blocks.py, align/grounding.py) would not be the
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from threedrs.json_files import read_json_file
 
 CONFIG = "config.json"
 INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -127,12 +128,9 @@ def read_config(folder: Path) -> dict:
     path = folder / CONFIG
     if not folder.is_dir():
         raise OfficialCheckpointError(f"{folder}: not a folder")
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise OfficialCheckpointError(f"{path}: not found (not a Video-3D LLM / 3DRS checkpoint folder)") from None
-    except json.JSONDecodeError as exc:
-        raise OfficialCheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not path.is_file():
+        raise OfficialCheckpointError(f"{path}: not found (not a Video-3D LLM / 3DRS checkpoint folder)")
+    config = read_json_file(path, OfficialCheckpointError)
     if not isinstance(config, dict) or "LlavaQwenForCausalLM" not in (config.get("architectures") or []):
         found = config.get("architectures") if isinstance(config, dict) else config
         raise OfficialCheckpointError(f"{path}: architectures is {found!r}, not LlavaQwenForCausalLM (not a "
@@ -160,10 +158,10 @@ def weight_files(folder: Path) -> dict[str, str]:
     for index_name in INDEXES:
         index = folder / index_name
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise OfficialCheckpointError(f"{index}: not a weight index (JSON with a weight_map)") from None
+            weight_map = read_json_file(index, OfficialCheckpointError, expect=dict,
+                                        shape="a weight index (a JSON object with a weight_map)").get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise OfficialCheckpointError(f"{index}: not a weight index (JSON with a weight_map)")
             missing = sorted({f for f in weight_map.values() if not (folder / f).is_file()})
             if missing:
                 raise OfficialCheckpointError(f"{folder / missing[0]}: shard listed in {index_name} is missing"

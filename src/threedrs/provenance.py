@@ -32,6 +32,7 @@ from pathlib import Path
 
 from threedrs import __version__
 from threedrs.config import ExperimentConfig, to_dict
+from threedrs.json_files import read_json_file
 
 __all__ = [
     "RECORD",
@@ -176,13 +177,8 @@ def read_record(folder: Path) -> dict | None:
     path = Path(folder) / RECORD
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProvenanceError(f"{path}: not valid JSON ({exc}); delete the folder or rerun with --overwrite") from None
-    if not isinstance(record, dict):
-        raise ProvenanceError(f"{path}: expected a JSON mapping; delete the folder or rerun with --overwrite")
-    return record
+    return read_json_file(path, ProvenanceError, expect=dict, shape="a JSON mapping",
+                          hint="delete the folder or rerun with --overwrite")
 
 
 def write_record(folder: Path, record: dict) -> None:

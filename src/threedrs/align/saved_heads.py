@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from threedrs.config import ConfigError, ExperimentConfig
 from threedrs.data.tasks import COORD_TOKEN, GROUND_TOKEN
+from threedrs.json_files import read_json_file
 
 HEADS_FILE = "threedrs_heads.safetensors"
 META_FILE = "threedrs_heads.json"
@@ -74,12 +75,9 @@ def read_heads(folder: str | Path) -> SavedHeads:
 
     folder = Path(folder)
     meta_file, heads_file = folder / META_FILE, folder / HEADS_FILE
-    try:
-        meta = json.loads(meta_file.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{meta_file}: not found ({folder} was not written by threedrs export)") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{meta_file}: not valid JSON ({exc})") from None
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{meta_file}: not found ({folder} was not written by threedrs export)")
+    meta = read_json_file(meta_file, ValueError)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{meta_file}: format is {meta.get('format') if isinstance(meta, dict) else meta!r}, "
                          f"expected {FORMAT!r}")

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from threedrs.data.instances import SceneDataError, read_json
+from threedrs.data.instances import SceneDataError
 from threedrs.data.scene import Scene
+from threedrs.json_files import read_json_file
 
 
 @dataclass
@@ -35,9 +36,7 @@ class ProposalTable:
 
 def read_box_table(path: Path) -> ProposalTable:
     """A V3D box table (module docstring) -> ProposalTable; zero-size boxes are dropped with a warning."""
-    raw = read_json(path, "box table")
-    if not isinstance(raw, dict):
-        raise SceneDataError(f"{path}: expected a mapping of scene -> boxes")
+    raw = read_json_file(path, SceneDataError, expect=dict, what="box table", shape="a mapping of scene -> boxes")
     table = ProposalTable(path, {})
     for key, boxes in raw.items():
         try:

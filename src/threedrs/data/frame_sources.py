@@ -21,8 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from threedrs.data.instances import SceneDataError, read_json
+from threedrs.data.instances import SceneDataError
 from threedrs.data.scene import Scene
+from threedrs.json_files import read_json_file
 
 SOURCES = ("all", "embodiedscan", "select_frames")
 
@@ -46,7 +47,7 @@ def _scene_of(video: object, where: str) -> str | None:
 
 def read_embodiedscan_images(path: Path) -> dict[str, list[str]]:
     """EmbodiedScan image lists (module docstring) -> {scene_id: [frame ids in list order]}."""
-    data = read_json(path, "EmbodiedScan image list file")
+    data = read_json_file(path, SceneDataError, what="EmbodiedScan image list file")
     if not isinstance(data, dict) or not isinstance(data.get("data_list"), list):
         raise SceneDataError(f"{path}: expected {{\"data_list\": [...]}} (EmbodiedScan's info structure)")
     out = {}
@@ -90,9 +91,8 @@ class CoverageSelection:
 
 def read_select_frames(path: Path) -> dict[str, CoverageSelection]:
     """`scannet_select_frames.json` (module docstring) -> {scene_id: CoverageSelection}."""
-    data = read_json(path, "frame selection file")
-    if not isinstance(data, list):
-        raise SceneDataError(f"{path}: expected a JSON list of per-scene selections")
+    data = read_json_file(path, SceneDataError, expect=list, what="frame selection file",
+                          shape="a JSON list of per-scene selections")
     out = {}
     for i, entry in enumerate(data):
         where = f"{path}: record {i}"

@@ -15,12 +15,13 @@ objectIds from 31 on. A group with the same label and segments as an earlier one
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from threedrs.json_files import read_json_file
 
 
 class SceneDataError(ValueError):
@@ -99,16 +100,6 @@ def read_ply_vertices(path: str | Path) -> np.ndarray:
         return np.stack([verts["x"], verts["y"], verts["z"]], axis=1).astype(np.float64)
 
 
-def read_json(path: Path, what: str = "file") -> object:
-    """A JSON file's content; a missing or malformed file is a SceneDataError naming it (`what` it was)."""
-    if not path.is_file():
-        raise SceneDataError(f"{path}: {what} not found")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SceneDataError(f"{path}: not valid JSON ({exc})") from None
-
-
 def read_instances(scan_dir: str | Path, scene_id: str, axis_align: np.ndarray) -> list[ObjectBox]:
     """Objects of one scan from its mesh, segments and aggregation files, boxes in the aligned frame.
 
@@ -118,11 +109,12 @@ def read_instances(scan_dir: str | Path, scene_id: str, axis_align: np.ndarray) 
     scan_dir = Path(scan_dir)
     verts = read_ply_vertices(scan_dir / f"{scene_id}_vh_clean_2.ply")
     segs_path = scan_dir / f"{scene_id}_vh_clean_2.0.010000.segs.json"
-    seg_indices = np.asarray(read_json(segs_path).get("segIndices", []), dtype=np.int64)
+    segments = read_json_file(segs_path, SceneDataError, expect=dict)
+    seg_indices = np.asarray(segments.get("segIndices", []), dtype=np.int64)
     if seg_indices.shape[0] != verts.shape[0]:
         raise SceneDataError(f"{segs_path}: {seg_indices.shape[0]} segIndices for {verts.shape[0]} mesh vertices")
     agg_path = scan_dir / f"{scene_id}.aggregation.json"
-    groups = read_json(agg_path).get("segGroups")
+    groups = read_json_file(agg_path, SceneDataError, expect=dict).get("segGroups")
     if not isinstance(groups, list):
         raise SceneDataError(f"{agg_path}: no segGroups list")
     aligned = verts @ axis_align[:3, :3].T + axis_align[:3, 3]

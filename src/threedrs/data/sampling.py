@@ -30,6 +30,7 @@ from threedrs.data.frame_sources import FrameSource
 from threedrs.data.instances import SceneDataError
 from threedrs.data.scene import Scene, read_depth
 from threedrs.geometry import depth_to_world, voxel_keys
+from threedrs.json_files import read_json_file
 from threedrs.locking import FileLock
 
 RULES = ("uniform", "max_coverage")
@@ -136,11 +137,7 @@ class FrameLists:
 
     def _read(self) -> dict[str, list[str]]:
         """The stored lists; SceneDataError naming the file (and key or scene) when it is damaged or foreign."""
-        try:
-            data = json.loads(self.path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SceneDataError(f"{self.path}: not valid JSON ({exc}); delete it to compute the frame lists "
-                                 f"again") from None
+        data = read_json_file(self.path, SceneDataError, hint="delete it to compute the frame lists again")
         if not isinstance(data, dict) or not isinstance(data.get("scenes"), dict):
             raise SceneDataError(f"{self.path}: expected a mapping with a 'scenes' mapping; delete it to compute "
                                  f"the frame lists again")

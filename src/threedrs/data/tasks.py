@@ -21,8 +21,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from threedrs.data.instances import SceneDataError, read_json
+from threedrs.data.instances import SceneDataError
 from threedrs.data.labels import read_label_map, scanrefer_eval_types
+from threedrs.json_files import read_json_file
 from threedrs.metrics.grounding import MULTI3DREFER_EVAL_TYPES, SCANREFER_EVAL_TYPES
 
 TASKS = ("scanrefer", "multi3drefer", "scan2cap", "scanqa", "sqa3d")
@@ -57,9 +58,7 @@ class Sample:
 
 def json_records(path: Path, required: tuple[str, ...]) -> list[dict]:
     """A JSON list of records, each a dict holding the `required` keys (else an error naming the record)."""
-    data = read_json(path, "annotation file")
-    if not isinstance(data, list):
-        raise SceneDataError(f"{path}: expected a JSON list of records")
+    data = read_json_file(path, SceneDataError, expect=list, what="annotation file", shape="a JSON list of records")
     for i, rec in enumerate(data):
         missing = [k for k in required if not isinstance(rec, dict) or k not in rec]
         if missing:
@@ -207,8 +206,8 @@ def sqa3d_question_type(question: str) -> str:
 
 def read_sqa3d(questions_path: Path, annotations_path: Path, split: str) -> list[Sample]:
     """SQA3D questions + annotations joined on question_id (train: one sample per situation variant)."""
-    questions = read_json(questions_path, "annotation file")
-    annotations = read_json(annotations_path, "annotation file")
+    questions = read_json_file(questions_path, SceneDataError, what="annotation file")
+    annotations = read_json_file(annotations_path, SceneDataError, what="annotation file")
     if not isinstance(questions, dict) or "questions" not in questions:
         raise SceneDataError(f"{questions_path}: expected a dict with a 'questions' list")
     if not isinstance(annotations, dict) or "annotations" not in annotations:

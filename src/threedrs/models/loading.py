@@ -22,7 +22,6 @@ Where the weights go (`Placement.device`):
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from threedrs.config import ConfigError, ModelConfig
+from threedrs.json_files import read_json_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}  # train.mixed_precision -> autocast dtype
@@ -54,12 +54,9 @@ def checkpoint_dtype(path: str | Path) -> torch.dtype:
     """The parameter dtype a checkpoint folder declares: config.json's `torch_dtype` (released checkpoints) or
     `dtype` (transformers 5), at the top level or in `text_config`; float32 when none is given."""
     config_file = Path(path) / "config.json"
-    try:
-        config = json.loads(config_file.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"model directory has no config.json: {config_file}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{config_file}: not valid JSON ({exc})") from None
+    if not config_file.is_file():
+        raise FileNotFoundError(f"model directory has no config.json: {config_file}")
+    config = read_json_file(config_file, ValueError, expect=dict)
     for node in (config, config.get("text_config") or {}):
         for key in ("torch_dtype", "dtype"):
             name = node.get(key)

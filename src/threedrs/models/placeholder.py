@@ -22,7 +22,6 @@ normed `last_hidden_state`; the adapter reads `last_hidden_state` for it directl
 
 from __future__ import annotations
 
-import json
 from fractions import Fraction
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoTokenizer
 
+from threedrs.json_files import read_json_file
 from threedrs.models.base import (AdapterOutput, MLLMAdapter, VisualTokens, answer_cross_entropy, check_frames,
                                   drop_answer_loss)
 from threedrs.models.loading import Placement, load_pretrained
@@ -57,7 +57,7 @@ def checkpoint_config(path: str | Path, model_type: str) -> Path:
     config = path / "config.json"
     if not config.is_file():
         raise FileNotFoundError(f"checkpoint has no config.json: {config}")
-    found = json.loads(config.read_text()).get("model_type")
+    found = read_json_file(config, ValueError, expect=dict).get("model_type")
     if found != model_type:
         raise ValueError(f"{config}: model_type is {found!r}, expected {model_type!r}")
     return path

@@ -22,7 +22,6 @@ chat_template.json, else chat_template.jinja, transformers' own order), else the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from threedrs.json_files import read_json_file
 from threedrs.models.base import IGNORE_INDEX
 from threedrs.models.templates import FAMILY_TEMPLATES
 
@@ -51,12 +51,12 @@ def read_chat_template(directory: str | Path | None, tokenizer, family: str) -> 
         directory = Path(directory)
         processor = directory / "processor_config.json"
         if processor.is_file():
-            text = _json_file(processor).get("chat_template")
+            text = read_json_file(processor, ValueError, expect=dict).get("chat_template")
             if isinstance(text, str):
                 return ChatTemplate(text, f"{processor} (chat_template)")
         legacy = directory / "chat_template.json"
         if legacy.is_file():
-            text = _json_file(legacy).get("chat_template")
+            text = read_json_file(legacy, ValueError, expect=dict).get("chat_template")
             if not isinstance(text, str):
                 raise ValueError(f"{legacy}: expected a string under the key 'chat_template'")
             return ChatTemplate(text, str(legacy))
@@ -68,16 +68,6 @@ def read_chat_template(directory: str | Path | None, tokenizer, family: str) -> 
         where = f"{directory / 'tokenizer_config.json'}" if directory is not None else "the tokenizer"
         return ChatTemplate(own, f"{where} (chat_template)")
     return ChatTemplate(FAMILY_TEMPLATES[family], f"threedrs' default {family} template")
-
-
-def _json_file(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
 
 
 @dataclass(frozen=True)

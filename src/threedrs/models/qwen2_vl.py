@@ -20,7 +20,6 @@ AFTER the final RMSNorm (what 3DRS supervises); the adapter uses `last_hidden_st
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from transformers import (AutoTokenizer, GenerationConfig, Qwen2_5_VLConfig, Qwe
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from threedrs.json_files import read_json_file
 from .base import (IGNORE_INDEX, AdapterOutput, MLLMAdapter, VisualTokens, answer_cross_entropy, check_frames,
                    drop_answer_loss)
 from .loading import Placement, load_pretrained
@@ -119,7 +119,7 @@ class Qwen2VLAdapter(MLLMAdapter):
             raise FileNotFoundError(f"model directory has no config.json: {config_file}")
         if not (directory / "preprocessor_config.json").is_file():
             raise FileNotFoundError(f"model directory has no preprocessor_config.json (image processor): {directory}")
-        model_type = json.loads(config_file.read_text()).get("model_type")
+        model_type = read_json_file(config_file, ValueError, expect=dict).get("model_type")
         if model_type not in MODEL_CLASSES:
             raise ValueError(f"{config_file}: model_type {model_type!r} is not a Qwen2-VL checkpoint "
                              f"(expected one of {sorted(MODEL_CLASSES)})")

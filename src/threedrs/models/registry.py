@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from threedrs.config import ModelConfig
+from threedrs.json_files import read_json_file
 from threedrs.models.base import MLLMAdapter
 from threedrs.models.loading import Placement, place_built
 
@@ -15,10 +15,7 @@ def check_checkpoint_family(cfg: ModelConfig) -> None:
     config = Path(cfg.path) / "config.json"
     if not config.is_file():
         raise FileNotFoundError(f"model.path: no config.json in {cfg.path}")
-    try:
-        found = json.loads(config.read_text()).get("model_type")
-    except (json.JSONDecodeError, AttributeError):
-        raise ValueError(f"{config}: not a JSON object with a model_type") from None
+    found = read_json_file(config, ValueError, expect=dict).get("model_type")
     if found != cfg.family:
         raise ValueError(f"{config}: model_type is {found!r}, but model.family is {cfg.family!r}")
 

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from threedrs.config import ExperimentConfig
 from threedrs.data.sampling import FrameLists, frame_lists_from_config
+from threedrs.json_files import read_json_file
 from threedrs.provenance import changed_files, differences
 
 __all__ = [
@@ -238,10 +239,7 @@ def read_manifest(directory: Path) -> dict:
     path = directory / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{directory}: no feature cache here ({MANIFEST} not found); run `threedrs extract`")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CacheError(f"{path}: not valid JSON ({exc})") from None
+    manifest = read_json_file(path, CacheError)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CacheError(f"{path}: not a threedrs feature-cache manifest")
     if manifest.get("format_version") != FORMAT_VERSION:

@@ -27,7 +27,6 @@ image_mean / image_std. Output: the patch tokens of block ``layer`` as [S, h, w,
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -39,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from threedrs.data.scene import FrameBatch
+from threedrs.json_files import read_json_file
 from threedrs.teachers.base import Teacher, file_sha256, register_teacher
 
 __all__ = ["HFVisionTeacher", "ModelFolderError", "Preprocessing", "naflex_grid", "read_preprocessing"]
@@ -67,10 +67,7 @@ def read_preprocessing(directory: Path) -> Preprocessing:
     path = directory / "preprocessor_config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (the teacher takes its input size and normalisation from it)")
-    try:
-        proc = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelFolderError(f"{path}: not valid JSON ({exc})") from None
+    proc = read_json_file(path, ModelFolderError, expect=dict)
     if proc.get("do_normalize", True):
         mean, std = proc.get("image_mean"), proc.get("image_std")
         if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == 3):
@@ -137,7 +134,7 @@ class HFVisionTeacher(Teacher):
         config_path = self.directory / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path}: not found ({self.directory} is not a Hugging Face model folder)")
-        model_type = json.loads(config_path.read_text()).get("model_type")
+        model_type = read_json_file(config_path, ModelFolderError, expect=dict).get("model_type")
         if model_type not in self.model_types:
             raise ModelFolderError(f"{self.directory} holds a {model_type!r} model (config.json model_type); teacher "
                                    f"{self.name!r} needs one of: {', '.join(self.model_types)}")
