@@ -19,8 +19,9 @@ from threedrs.evaluate import evaluate
 from threedrs.extract import extract
 from threedrs.locking import LockedError
 from threedrs.probe import probe_model
+from threedrs.predictions import PredictionsError
 from threedrs.provenance import ProvenanceError
-from threedrs.scoring import PredictionsError, score_run
+from threedrs.scoring import score_run
 from threedrs.train import train
 
 

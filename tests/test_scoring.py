@@ -16,14 +16,8 @@ from threedrs.metrics import captioning
 from threedrs.metrics.captioning import scan2cap_scores
 from threedrs.metrics.grounding import multi3drefer_f1, scanrefer_accuracy
 from threedrs.metrics.qa import scanqa_scores, sqa3d_scores
-from threedrs.scoring import (
-    PredictionsError,
-    load_metrics,
-    per_sample_values,
-    read_predictions,
-    score_benchmark,
-    score_run,
-)
+from threedrs.predictions import PredictionsError, read_predictions
+from threedrs.scoring import load_metrics, per_sample_values, score_benchmark, score_run
 
 
 def cube(dx: float = 0.0, size: float = 1.0) -> list[float]:

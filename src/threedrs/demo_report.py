@@ -17,7 +17,8 @@ from threedrs.metrics.awareness import (LABELS, finite_mean, measure_values, num
                                         separation_lines)
 from threedrs.metrics.report import (MIN_QUARTILE_SAMPLES, TABLE1_COLUMNS, aggregate_seeds, markdown, read_train_log,
                                      results_table, table1_row)
-from threedrs.scoring import per_sample_values, predictions_path, read_predictions
+from threedrs.predictions import predictions_path, read_predictions
+from threedrs.scoring import per_sample_values
 
 
 @dataclass

@@ -20,8 +20,8 @@ from threedrs.metrics.awareness import (LABELS, finite_mean, measure_values, num
 from threedrs.metrics.plots import plot_before_after, plot_quartiles, plot_training_curves
 from threedrs.metrics.report import (MIN_QUARTILE_SAMPLES, aggregate_seeds, delta_table, markdown, quartiles,
                                      read_train_log, results_table)
-from threedrs.scoring import (BENCHMARKS, load_metrics, per_sample_values, predictions_path, read_predictions,
-                              score_run)
+from threedrs.predictions import BENCHMARKS, predictions_path, read_predictions
+from threedrs.scoring import load_metrics, per_sample_values, score_run
 
 __all__ = ["build_report", "main_report"]
 

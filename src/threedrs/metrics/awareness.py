@@ -63,7 +63,7 @@ def measure_values(records: Sequence[Mapping], layer: str) -> dict[str, list]:
     each record's scene id.
 
     Args:
-        records: predictions records (``threedrs.scoring.read_predictions``).
+        records: predictions records (``threedrs.predictions.read_predictions``).
         layer: key of the per-layer mappings, e.g. "-1".
     """
     out = {}
