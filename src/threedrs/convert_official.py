@@ -9,7 +9,7 @@ OUT is what `threedrs export` writes (export.py), so eval, probe and training re
   kept row for row, and the `<image>` / `<video>` placeholders this layout needs are appended when the tokenizer
   lacks them (zero rows, never read: their positions receive the visual features);
 - the tokenizer (their `<ground>` / `<coord>` at their ids) with a `chat_template.jinja` that writes their prompt
-  (`VIDEO3DLLM_TEMPLATE`), and `preprocessor_config.json` (SigLIP: 384 x 384, mean = std = 0.5);
+  (`VIDEO3DLLM_TEMPLATE`, models/templates.py), and `preprocessor_config.json` (SigLIP: 384 x 384, mean = std = 0.5);
 - threedrs's heads (align/saved_heads.py): their grounding head and 3DRS's alignment head `proj_3d`, with
   `threedrs_heads.json` recording the settings of their inference path (`OFFICIAL_SETTINGS`) and the source files'
   sha256. `threedrs eval configs/official_3drs.yaml model.path=OUT` checks the config against them.
@@ -33,32 +33,13 @@ from tqdm import tqdm
 
 from threedrs.align.saved_heads import write_head_tensors
 from threedrs.data.tasks import COORD_TOKEN, GROUND_TOKEN
+from threedrs.models.templates import VIDEO3DLLM_TEMPLATE
 from threedrs.official_checkpoint import (SIGLIP, OfficialCheckpoint, OfficialCheckpointError, dropped_reason,
                                           map_key, read_checkpoint)
 from threedrs.provenance import file_sha256
 
 SHARD_BYTES = 4 * 2**30  # output shard size limit
 PLACEHOLDERS = ("<image>", "<video>")  # LLaVA-OneVision's visual placeholders (their code used id -200 instead)
-
-# Their prompt (Video-3D LLM llava/eval/model_*.py `preprocess_qwen`, conversation "qwen_1_5"): Qwen's system turn,
-# then the user turn with the visual placeholder and a newline before the text; answers end with <|im_end|>.
-VIDEO3DLLM_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if loop.first and message['role'] != 'system' -%}"
-    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' -}}"
-    "{%- endif -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
-    "{%- if message['content'] is string -%}{{- message['content'] -}}"
-    "{%- else -%}"
-    "{%- for item in message['content'] if item['type'] in ('image', 'video') -%}"
-    "{{- '<' + item['type'] + '>\\n' -}}"
-    "{%- endfor -%}"
-    "{%- for item in message['content'] if item['type'] == 'text' -%}{{- item['text'] -}}{%- endfor -%}"
-    "{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
-)
 
 # The settings of their inference path that the folder records (align/saved_heads.py `recorded_settings`).
 OFFICIAL_SETTINGS = {"image_size": None, "newline": "grid", "resize": "pil_bicubic", "prompts": "video3dllm"}
