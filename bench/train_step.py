@@ -51,14 +51,14 @@ from pathlib import Path
 
 import torch
 
-from threedrs.align.task import AlignTask, Batch
+from threedrs.align.task import AlignTask
 from threedrs.config import SynthConfig, load_config
-from threedrs.training_data import TrainingData, build_training_data
+from threedrs.data.batch import Batch
 from threedrs.data.synthetic import generate
 from threedrs.extract import extract
-from threedrs.models.qwen2_vl import Qwen2VLAdapter
-from threedrs.models.qwen2_vl_inputs import QWEN_SPECIAL_TOKENS
+from threedrs.models.qwen2_vl import QWEN_SPECIAL_TOKENS, Qwen2VLAdapter
 from threedrs.models.tiny import offline_tokenizer
+from threedrs.training_data import TrainingData, build_training_data
 
 # per size: frame side in pixels after resizing, teacher channels, batch, parameter dtype (2b: the depths of
 # Qwen2-VL-2B, overridable with --llm-layers / --vision-depth for a quick check)

@@ -139,7 +139,7 @@ def test_a_meta_rank_builds_the_same_task_without_reading_weights(family, releas
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
 def test_everything_threedrs_adds_follows_the_model_dtype(family, release_checkpoint):
     """On the released dtype (bfloat16; float16 for the llava-hf OneVision conversion), as evaluation on a GPU."""
-    from threedrs.align.task import Batch
+    from threedrs.data.batch import Batch
 
     folder = release_checkpoint(family)
     dtype = checkpoint_dtype(folder)
