@@ -19,17 +19,11 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-# Words of the benchmark prompts, answers and chat markup; the BPE learns merges for them.
-CORPUS = """
-the a an of to in on at is are it this that there what which how can where who many much one two three four five
-six seven eight nine ten zero yes no left right front behind between closest farthest near next top under above
-below beside facing standing sitting looking i am my me you your room object objects chair chairs table tables sofa
-bed cabinet bookshelf desk lamp box plant tv monitor window door wall floor red green blue yellow white black brown
-grey orange purple small large big tall short wide colour color size bigger smaller identify describe answer
-question questions following description located given detail simply single word phrase video captures 3d spatial
-information scene please focus relationships and with for from by as be has have not only or corresponding may more
-helpful assistant user system image frame frames picture USER ASSISTANT Frame
-""".split()
+from threedrs.models.tiny import BASE_CORPUS
+
+# Words of the benchmark prompts, answers and chat markup (the tiny models' corpus plus the markup of the
+# released templates); the BPE learns merges for them.
+CORPUS = BASE_CORPUS + "picture USER ASSISTANT Frame".split()
 
 # Qwen2's pre-tokenizer split pattern (tokenizer.json of every Qwen2 / Qwen2.5 release).
 QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 # Words the prompts, SynthRooms descriptions and answers are made of; the BPE learns them as single tokens.
-_BASE_CORPUS = """
+BASE_CORPUS = """
 the a an of to in on at is are it this that there what which how can where who many much one two three four five
 six seven eight nine ten zero yes no left right front behind between closest farthest near next top under above
 below beside facing standing sitting looking i am my me you your room object objects chair chairs table tables sofa
@@ -41,7 +41,7 @@ def offline_tokenizer(special_tokens: Iterable[str], vocab_size: int = 384, extr
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    corpus = [" ".join(_BASE_CORPUS)] * 4 + [" " + w for w in _BASE_CORPUS] + list(extra_corpus)
+    corpus = [" ".join(BASE_CORPUS)] * 4 + [" " + w for w in BASE_CORPUS] + list(extra_corpus)
     tok.train_from_iterator(corpus, trainer=trainer)
     pad = pad_token or eos_token
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos_token, pad_token=pad,
