@@ -323,6 +323,26 @@ def test_dataset_pooled_is_mean_over_all_pairs() -> None:
     assert summary.pooled == pytest.approx(sum(sims) / len(sims), abs=1e-9)
 
 
+def test_dataset_contrast_pools_only_samples_with_a_background() -> None:
+    """A sample whose pairs all lie in one voxel has a score but no background: it must not enter the contrast."""
+    with_bg = CorrespondenceResult(0.6, 4, 2, 8, background=0.4, background_pairs=10, contrast=0.2)
+    one_voxel = CorrespondenceResult(0.9, 20, 1, 5)
+    summary = dataset_score([with_bg, one_voxel])
+    assert summary.pooled == pytest.approx((0.6 * 4 + 0.9 * 20) / 24)
+    assert summary.contrast_pooled == pytest.approx(0.2) and summary.contrast_mean == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("variant", ["pairs", "voxel_mean"])
+def test_a_nan_feature_at_an_invalid_token_changes_nothing(variant: str) -> None:
+    features, points, valid = _random_sample(15)
+    valid[0, 0, 0] = False
+    clean = correspondence_score(features, points, valid, variant=variant)
+    features[0, 0, 0] = math.nan
+    dirty = correspondence_score(features, points, valid, variant=variant)
+    assert math.isfinite(clean.background)
+    assert (dirty.score, dirty.background) == pytest.approx((clean.score, clean.background), abs=1e-12)
+
+
 def test_bad_input() -> None:
     features, points, valid = _random_sample(14)
     with pytest.raises(ValueError, match=r"features: expected shape \[S, h, w, C\]"):

@@ -89,7 +89,8 @@ class DatasetCorrespondence:
         every sample (sum of score * voxels / total voxels). nan when no sample has a pair.
     background_mean / background_pooled: the same two means of the background over the samples with >= 1 pair
         and a background ("pairs" pools by background_pairs, "voxel_mean" by voxels); contrast_mean: mean of the
-        per-sample contrasts; contrast_pooled: pooled - background_pooled.
+        per-sample contrasts; contrast_pooled: the pooled score minus background_pooled, both over the samples
+        with a background (a sample whose pairs all lie in one voxel has a score but no contrast).
     recall_mean: mean of the per-sample recalls; recall_pooled: over all queries of all samples; recall_chance:
         pooled chance level. All three None when no result has a recall.
     samples: results given; scored_samples: those with >= 1 pair; pairs, voxels, recall_queries: totals.
@@ -291,7 +292,8 @@ def dataset_score(results: Sequence[CorrespondenceResult]) -> DatasetCorresponde
         sample_mean=_mean([r.score for r in scored]), pooled=pooled, samples=len(results),
         scored_samples=len(scored), pairs=pairs, voxels=voxels, variant=variant, same_frame=same_frame,
         background_mean=_mean([r.background for r in with_bg]), background_pooled=background_pooled,
-        contrast_mean=_mean([r.contrast for r in with_bg]), contrast_pooled=pooled - background_pooled,
+        contrast_mean=_mean([r.contrast for r in with_bg]),
+        contrast_pooled=_weighted([(r.score, weight(r)) for r in with_bg]) - background_pooled,
         recall_mean=_mean([r.recall for r in recalled]) if any_recall else None,
         recall_pooled=_weighted([(r.recall, r.recall_queries) for r in recalled]) if any_recall else None,
         recall_chance=_weighted([(r.recall_chance, r.recall_queries) for r in recalled]) if any_recall else None,

@@ -118,7 +118,7 @@ def against_frames_sums(features: Tensor, mask: Tensor, frames: int, token: Tens
     frame_sum = torch.empty(frames, features.shape[1], dtype=dtype, device=features.device)
     for s in range(frames):
         rows = slice(s * per_frame, (s + 1) * per_frame)
-        x = features[rows].to(dtype)
+        x = features[rows].to(dtype).masked_fill(~mask[rows, None], 0.0)  # an invalid token may hold NaN
         w = torch.linalg.vector_norm(x, dim=1).clamp(min=_NORM_EPS).reciprocal().masked_fill(~mask[rows], 0.0)
         frame_sum[s] = w @ x
         to_frame[rows] = w * (x @ frame_sum[s])
