@@ -33,7 +33,7 @@ def test_embodiedscan_lists_are_sampled_as_video_3d_llm(tmp_path):
     expected = [listed[i] for i in np.linspace(0, len(listed) - 1, 4, dtype=int)]  # V3D: linspace over the list
     assert lists("scene0000_00") == expected
     with pytest.raises(SceneDataError, match=r"made for rule=uniform, frames=4, voxel=0.1, source=embodiedscan, "
-                                             r"not .*source=all"):
+                                             r"source_sha256=[0-9a-f]{64}, .*not .*source=all"):
         FrameLists(tmp_path / "lists.json", root, "uniform", 4)
 
 
@@ -48,6 +48,12 @@ def test_select_frames_takes_the_selection_in_temporal_order(tmp_path):
     assert selection.pick(5, ratio=0.7) == ["00000", "00050"]
     lists = FrameLists(tmp_path / "l.json", root, "max_coverage", 4, source=FrameSource("select_frames", path, 1.0))
     assert lists("scene0000_00") == ["00000", "00030", "00050", "00110"]
+    # another coverage ratio or another selection file: the stored lists are not theirs
+    with pytest.raises(SceneDataError, match=r"made for .*coverage_ratio=1.0, not .*coverage_ratio=0.8"):
+        FrameLists(tmp_path / "l.json", root, "max_coverage", 4, source=FrameSource("select_frames", path, 0.8))
+    write_json(path, [select_frames_record("scene0000_00", ["00000", "00110"], [50, 20], 100)])
+    with pytest.raises(SceneDataError, match=r"made for .*source_sha256=[0-9a-f]{64}.*not .*source_sha256=[0-9a-f]"):
+        FrameLists(tmp_path / "l.json", root, "max_coverage", 4, source=FrameSource("select_frames", path, 1.0))
 
 
 def test_frame_source_config(tmp_path):

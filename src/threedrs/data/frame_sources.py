@@ -18,6 +18,7 @@ A listed frame that the export lacks (or whose pose is invalid) is an error nami
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -121,6 +122,14 @@ class FrameSource:
             raise ValueError(f"path: frame source {kind!r} needs its list file")
         self.kind, self.path, self.ratio = kind, None if path is None else Path(path), ratio
         self._lists: dict | None = None
+
+    @property
+    def identity(self) -> dict:
+        """What decides the frames besides the sampling rule: the kind, the list file's sha256 and (select_frames)
+        the coverage ratio; recorded with stored frame lists so that another list file or ratio is noticed."""
+        digest = None if self.path is None else hashlib.sha256(self.path.read_bytes()).hexdigest()
+        return {"source": self.kind, "source_sha256": digest,
+                "coverage_ratio": self.ratio if self.kind == "select_frames" else None}
 
     def _entries(self) -> dict:
         if self._lists is None:

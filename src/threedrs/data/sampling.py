@@ -120,8 +120,9 @@ def first_views(frame_ids: list[str]) -> torch.Tensor:
 class FrameLists:
     """The frame list of every scene for one (source, rule, k), computed once and kept in a JSON file.
 
-    path: JSON file `{"rule": ..., "frames": k, "voxel": ..., "source": ..., "scenes": {scene_id: [frame ids]}}`;
-    created or extended on demand; a file written for another source, rule or k is refused.
+    path: JSON file `{"rule": ..., "frames": k, "voxel": ..., "source": ..., "source_sha256": ..., "coverage_ratio":
+    ..., "scenes": {scene_id: [frame ids]}}`; created or extended on demand; a file written for another source (kind,
+    list file content or coverage ratio), rule or k is refused.
     source: the candidate frames (default: all valid frames); axis_alignment: the scenes' alignment policy.
     """
 
@@ -133,6 +134,7 @@ class FrameLists:
         self.rule, self.k, self.voxel_size = rule, k, voxel_size
         self.source = FrameSource() if source is None else source
         self.axis_alignment = axis_alignment
+        self._identity = self.source.identity  # read once: the list file's digest
         self._lists: dict[str, list[str]] = self._read() if self.path.is_file() else {}
 
     def _read(self) -> dict[str, list[str]]:
@@ -141,15 +143,21 @@ class FrameLists:
         if not isinstance(data, dict) or not isinstance(data.get("scenes"), dict):
             raise SceneDataError(f"{self.path}: expected a mapping with a 'scenes' mapping; delete it to compute "
                                  f"the frame lists again")
-        stored = (data.get("rule"), data.get("frames"), data.get("voxel"), data.get("source", "all"))
-        if stored != (self.rule, self.k, self.voxel_size, self.source.kind):
-            raise SceneDataError(f"{self.path}: frame lists were made for rule={stored[0]}, frames={stored[1]}, "
-                                 f"voxel={stored[2]}, source={stored[3]}, not rule={self.rule}, frames={self.k}, "
-                                 f"voxel={self.voxel_size}, source={self.source.kind}")
+        wanted = self._header()
+        stored = {key: data.get(key, "all" if key == "source" else None) for key in wanted}
+        if stored != wanted:
+            made = ", ".join(f"{k}={v}" for k, v in stored.items())
+            want = ", ".join(f"{k}={v}" for k, v in wanted.items())
+            raise SceneDataError(f"{self.path}: frame lists were made for {made}, not {want}; delete it to compute "
+                                 f"the frame lists again")
         for scene_id, ids in data["scenes"].items():
             if not isinstance(ids, list) or not ids or not all(isinstance(f, str) for f in ids):
                 raise SceneDataError(f"{self.path}: scene {scene_id!r} must map to a non-empty list of frame ids")
         return {s: list(v) for s, v in data["scenes"].items()}
+
+    def _header(self) -> dict:
+        """The settings a stored file must have been made with (rule, k, voxel and the source's identity)."""
+        return {"rule": self.rule, "frames": self.k, "voxel": self.voxel_size, **self._identity}
 
     def __call__(self, scene: Scene | str) -> list[str]:
         """The frame ids of a scene (computed and saved on first request)."""
@@ -173,8 +181,7 @@ class FrameLists:
             if self.path.is_file():
                 self._lists = {**self._read(), **self._lists}
             tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
-            tmp.write_text(json.dumps({"rule": self.rule, "frames": self.k, "voxel": self.voxel_size,
-                                       "source": self.source.kind, "scenes": self._lists}, indent=1))
+            tmp.write_text(json.dumps({**self._header(), "scenes": self._lists}, indent=1))
             tmp.replace(self.path)
 
 
