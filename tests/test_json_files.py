@@ -93,3 +93,30 @@ def test_damaged_optimizer_json_is_named(tmp_path):
     (tmp_path / "optimizer.json").write_text('{"param_groups": [')
     with pytest.raises(ValueError, match=r"optimizer\.json: not valid JSON"):
         load_optimizer(tmp_path / "optimizer.safetensors", tmp_path / "optimizer.json", [])
+
+
+def test_write_atomic_replaces_whole_files_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    import os
+
+    from threedrs.json_files import write_atomic, write_json_atomic
+
+    path = tmp_path / "record.json"
+    write_json_atomic(path, {"a": [1, 2]})
+    assert path.read_text() == json.dumps({"a": [1, 2]}, indent=1) + "\n"
+    write_atomic(path, b"\x00bytes")
+    assert path.read_bytes() == b"\x00bytes"
+    write_atomic(path, "é text", fsync=False)
+    assert path.read_bytes() == "é text".encode()
+    write_json_atomic(tmp_path / "new" / "deeper" / "x.json", [3])  # the parent is created
+    assert read_json_file(tmp_path / "new" / "deeper" / "x.json") == [3]
+
+    def failing(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(path, "never seen")
+    assert path.read_bytes() == "é text".encode()  # the old file, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "record.json"]  # no temporary file left
+    write_atomic(path, "no fsync asked", fsync=False)  # fsync=False never calls it
+    assert path.read_text() == "no fsync asked"

@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from threedrs.checkpoint_state import load_optimizer, load_rng, rng_file, save_optimizer, save_rng
-from threedrs.json_files import read_json_file
+from threedrs.json_files import read_json_file, write_json_atomic
 from threedrs.pickle_guard import UntrustedCheckpointError, check_pickles
 from threedrs.provenance import file_sha256
 
@@ -206,10 +206,7 @@ def save_checkpoint(accelerator, task, optimizer, scheduler, run: Path, step: in
             files[path.relative_to(tmp).as_posix()] = entry
         state = {"format": FORMAT, "version": VERSION, "step": step, "processes": accelerator.num_processes,
                  "sharded": sharded, "files": files}
-        with open(tmp / STATE, "w") as handle:
-            handle.write(json.dumps(state, indent=1) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_json_atomic(tmp / STATE, state)
         for folder in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
             _fsync(folder)
         if final.exists():

@@ -25,14 +25,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import reprlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from threedrs import __version__
 from threedrs.config import ExperimentConfig, to_dict
-from threedrs.json_files import read_json_file
+from threedrs.json_files import read_json_file, write_json_atomic
 
 __all__ = [
     "RECORD",
@@ -49,7 +48,6 @@ __all__ = [
     "refuse_if_different",
     "relative_path",
     "scene_digests",
-    "write_json_atomic",
     "write_record",
 ]
 
@@ -184,17 +182,6 @@ def read_record(folder: Path) -> dict | None:
 def write_record(folder: Path, record: dict) -> None:
     """Write ``folder/provenance.json`` atomically."""
     write_json_atomic(Path(folder) / RECORD, record)
-
-
-def write_json_atomic(path: Path, value: object, indent: int | None = 1) -> None:
-    """Write JSON to a temporary sibling, flush it to disk, then rename it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as handle:
-        handle.write(json.dumps(value, indent=indent) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def relative_path(path: Path, root: Path) -> str:

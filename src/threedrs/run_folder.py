@@ -30,6 +30,7 @@ from pathlib import Path
 
 from threedrs.checkpoint import resume_point, set_aside, step_folders
 from threedrs.config import ExperimentConfig, dump_yaml
+from threedrs.json_files import write_atomic
 from threedrs.provenance import (RECORD, ProvenanceError, code_version, config_fields, differences, digest,
                                  file_sha256, fingerprint_files, names, read_record, refuse_if_different,
                                  write_record)
@@ -71,8 +72,9 @@ def cut_log(path: Path, step: int) -> None:
     """Keep the log lines of steps <= ``step`` (a resumed run writes the later ones again); drop broken lines."""
     if not path.is_file():
         return
+    content = path.read_bytes()
     kept = []
-    for line in path.read_bytes().splitlines():
+    for line in content.splitlines():
         try:
             record = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -80,10 +82,8 @@ def cut_log(path: Path, step: int) -> None:
         if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
             kept.append(json.dumps(record))
     text = "".join(line + "\n" for line in kept)
-    if text.encode() != path.read_bytes():
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    if text.encode() != content:
+        write_atomic(path, text)
 
 
 def open_run(out: Path, cfg: ExperimentConfig, resume: bool, overwrite: bool,

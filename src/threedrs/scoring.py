@@ -12,11 +12,11 @@ import argparse
 import contextlib
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from threedrs.eval_folder import recorded_ids
+from threedrs.json_files import write_atomic
 from threedrs.metrics.captioning import MeteorSession, scan2cap_cider_per_sample, scan2cap_scores
 from threedrs.metrics.grounding import multi3drefer_f1, multi3drefer_f1_per_query, scanrefer_accuracy, scanrefer_hits
 from threedrs.metrics.qa import refined_em, scanqa_scores, sqa3d_scores
@@ -187,13 +187,6 @@ def load_metrics(path: str | Path) -> dict:
     return _from_json(metrics)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file (one per process) and rename, so a crash never leaves a half-written file."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _meteor_note(metrics: dict) -> str:
     return "computed" if metrics.get("meteor") else "not computed"
 
@@ -237,8 +230,8 @@ def score_run(run_dir: str | Path, benchmarks: Sequence[str] | str | None = None
     with MeteorSession() if use_meteor else contextlib.nullcontext(False) as session:
         results = {name: score_benchmark(name, records[name], meteor=session) for name in names}
     metrics = {"benchmarks": results, "meteor": use_meteor} | ({"unscored": unscored} if unscored else {})
-    _write_atomic(run / "metrics.json", json.dumps(_json_safe(metrics), indent=2) + "\n")
-    _write_atomic(run / "metrics.md", metrics_markdown(run.resolve().name, metrics))
+    write_atomic(run / "metrics.json", json.dumps(_json_safe(metrics), indent=2) + "\n")
+    write_atomic(run / "metrics.md", metrics_markdown(run.resolve().name, metrics))
     return metrics
 
 

@@ -19,8 +19,6 @@ twice, from different lists.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +28,7 @@ from threedrs.data.frame_sources import FrameSource
 from threedrs.data.instances import SceneDataError
 from threedrs.data.scene import Scene, read_depth
 from threedrs.geometry import depth_to_world, voxel_keys
-from threedrs.json_files import read_json_file
+from threedrs.json_files import read_json_file, write_json_atomic
 from threedrs.locking import FileLock
 
 RULES = ("uniform", "max_coverage")
@@ -180,9 +178,7 @@ class FrameLists:
         with FileLock(self.path.with_name(self.path.name + ".lock"), f"{self.path}").acquire(wait=60.0):
             if self.path.is_file():
                 self._lists = {**self._read(), **self._lists}
-            tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
-            tmp.write_text(json.dumps({**self._header(), "scenes": self._lists}, indent=1))
-            tmp.replace(self.path)
+            write_json_atomic(self.path, {**self._header(), "scenes": self._lists}, fsync=False)
 
 
 def frame_lists_from_config(data, path: str | Path) -> FrameLists:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +19,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from threedrs import __version__
+from threedrs.json_files import write_atomic, write_json_atomic
 from threedrs.locking import FileLock, LockedError
 from threedrs.provenance import changed_files
 from threedrs.teachers.cache import (FORMAT, FORMAT_VERSION, FRAME_LISTS, MANIFEST, SUFFIX, VALIDITY_RULE,
@@ -79,7 +79,7 @@ class CacheWriter:
                 manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(spec),
                             "source_grid": list(source_grid), "validity": VALIDITY_RULE,
                             "package_version": __version__}
-                self._write_atomic(manifest_path, (json.dumps(manifest, indent=1) + "\n").encode())
+                write_json_atomic(manifest_path, manifest)
 
     def path(self, scene_id: str) -> Path:
         return self.directory / f"{scene_id}{SUFFIX}"
@@ -163,25 +163,14 @@ class CacheWriter:
         try:
             for leftover in self.directory.glob(f"{final.name}.tmp-*"):  # its writer is gone: we hold the lock
                 leftover.unlink(missing_ok=True)
-            self._write_atomic(final, data)
+            try:
+                write_atomic(final, data)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise DiskFullError(f"disk full while writing {final} ({len(data) / 1e6:.1f} MB); the partial "
+                                        f"file was removed: free space and re-run to complete the cache") from exc
+                raise
         finally:
             if not held:
                 lock.release()
         return final
-
-    @staticmethod
-    def _write_atomic(final: Path, data: bytes) -> None:
-        """Write ``data`` to a temporary sibling, fsync, rename onto ``final``; remove the temporary on error."""
-        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, final)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            if exc.errno == errno.ENOSPC:
-                raise DiskFullError(f"disk full while writing {final} ({len(data) / 1e6:.1f} MB); the partial file "
-                                    f"was removed: free space and re-run to complete the cache") from exc
-            raise
