@@ -10,6 +10,7 @@ import torch
 from safetensors import safe_open
 
 from threedrs.config import load_config
+from threedrs.provenance import fingerprint_files
 from threedrs.teachers.cache_writer import CacheWriter, DiskFullError
 from threedrs.teachers.cache import (
     CacheError,
@@ -84,12 +85,22 @@ def test_pool_rejects_bad_arguments():
 # ---------------------------------------------------------------------------------------------- files
 
 
+def data_root(tmp_path):
+    """A dataset root beside the cache folder ``tmp_path`` holding one frame file, the scene's only source."""
+    root = tmp_path.parent / f"{tmp_path.name}-data"
+    if not root.is_dir():
+        root.mkdir()
+        (root / "00000.jpg").write_bytes(b"a frame")
+    return root
+
+
 def write_scene_features(tmp_path, spec=SPEC, scene="scene0000_00"):
     writer = CacheWriter(tmp_path, spec, source_grid=(4, 6))
     tokens = torch.randn(3, 2, 3, 4, generator=torch.Generator().manual_seed(1)) * 10
     valid = torch.ones(3, 2, 3, dtype=torch.bool)
     valid[1, 0, 2] = False
-    writer.write(scene, tokens, valid, FRAMES, (4, 6))
+    root = data_root(tmp_path)
+    writer.write(scene, tokens, valid, FRAMES, (4, 6), fingerprint_files([root / "00000.jpg"], root))
     return writer, tokens, valid
 
 
@@ -138,10 +149,10 @@ def test_temporary_file_is_ignored_and_replaced(tmp_path):
     writer = CacheWriter(tmp_path, SPEC, (4, 6))
     stale = tmp_path / "scene0000_00.safetensors.tmp-99999"
     stale.write_bytes(b"half a file")
-    assert writer.status("scene0000_00", FRAMES) == "missing"
+    assert writer.status("scene0000_00", FRAMES, data_root(tmp_path)) == ("missing", [])
     assert FeatureCache(tmp_path).scene_ids() == []
     write_scene_features(tmp_path)
-    assert not stale.exists() and writer.status("scene0000_00", FRAMES) == "done"
+    assert not stale.exists() and writer.status("scene0000_00", FRAMES, data_root(tmp_path)) == ("done", [])
 
 
 def test_truncated_file_is_detected_and_rewritten(tmp_path):
@@ -151,19 +162,20 @@ def test_truncated_file_is_detected_and_rewritten(tmp_path):
     path.write_bytes(data[:-10])
     with pytest.raises(CorruptCacheFileError, match="truncated or corrupt"):
         FeatureCache(tmp_path).load("scene0000_00")
-    assert writer.status("scene0000_00", FRAMES) == "corrupt"
+    assert writer.status("scene0000_00", FRAMES, data_root(tmp_path)) == ("corrupt", [])
     path.write_bytes(data[:5])
     with pytest.raises(CorruptCacheFileError, match="no safetensors header"):
         FeatureCache(tmp_path).load("scene0000_00")
-    writer.write("scene0000_00", tokens, valid, FRAMES, (4, 6))
-    assert path.stat().st_size == len(data) and writer.status("scene0000_00", FRAMES) == "done"
+    root = data_root(tmp_path)
+    writer.write("scene0000_00", tokens, valid, FRAMES, (4, 6), fingerprint_files([root / "00000.jpg"], root))
+    assert path.stat().st_size == len(data) and writer.status("scene0000_00", FRAMES, root) == ("done", [])
     assert torch.equal(FeatureCache(tmp_path).load("scene0000_00").valid, valid)
 
 
 def test_file_of_other_frames_is_not_silently_redone(tmp_path):
     writer, _, _ = write_scene_features(tmp_path)
     with pytest.raises(CacheMismatchError, match="delete the file"):
-        writer.status("scene0000_00", ["00000", "00010", "00030"])
+        writer.status("scene0000_00", ["00000", "00010", "00030"], data_root(tmp_path))
 
 
 def test_disk_full_leaves_nothing_behind(tmp_path, monkeypatch):
@@ -216,3 +228,49 @@ def test_foreign_or_old_manifests_are_refused(tmp_path):
     manifest_path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "layer"}))
     with pytest.raises(CacheError, match="bad or missing 'layer'"):
         FeatureCache(tmp_path)
+
+
+def test_training_compares_the_vggt_weights_only_where_they_are_and_hashes_them_once(tmp_path, monkeypatch):
+    """Training reads only the feature cache: a VGGT weights file that is not on the machine is not compared, and
+    one that kept the size and time `threedrs extract` recorded is not read again (VGGT-1B is 5 GB)."""
+    import hashlib
+
+    import threedrs.teachers.vggt as vggt
+    from threedrs.teachers.base import weights_fingerprint
+    from threedrs.training_data import open_training_cache
+
+    weights = tmp_path / "vggt.pt"
+    weights.write_bytes(b"aggregator weights " * 1000)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    cache_dir = tmp_path / "cache"
+    spec = CacheSpec(**{**SPEC.__dict__, "teacher": "vggt", "weights_checksum": digest, "channels": 2048})
+    CacheWriter(cache_dir, spec, (4, 6), weights_files=weights_fingerprint("vggt", str(weights)))
+    assert json.loads((cache_dir / "manifest.json").read_text())["weights_files"] == {
+        str(weights.resolve()): [weights.stat().st_size, weights.stat().st_mtime_ns]}
+
+    def run(checkpoint):
+        return load_config(None, [f"teacher.cache_dir={cache_dir}", "teacher.name=vggt", "teacher.grid=[2,3]",
+                                  "data.frames=3", f"teacher.checkpoint={checkpoint}"])
+
+    reads = []
+    real_sha256 = vggt.file_sha256
+    monkeypatch.setattr(vggt, "file_sha256", lambda path: reads.append(path) or real_sha256(path))
+    assert open_training_cache(run(tmp_path / "elsewhere" / "vggt.pt")).spec == spec  # not here: not compared
+    assert open_training_cache(run(weights)).spec == spec and reads == []  # recorded size and time: not read
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # copied: same bytes, another time
+    assert open_training_cache(run(weights)).spec == spec and reads == [weights]
+    weights.write_bytes(b"other weights " * 1000)
+    with pytest.raises(CacheMismatchError, match=rf"weights_checksum: recorded '{digest[:10]}"):
+        open_training_cache(run(weights))
+    manifest = json.loads((cache_dir / "manifest.json").read_text())  # a cache of an older threedrs: hashed
+    del manifest["weights_files"]
+    (cache_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CacheMismatchError, match="weights_checksum"):
+        open_training_cache(run(weights))
+
+
+def test_old_cache_files_without_a_fingerprint_are_stale_as_a_whole(tmp_path):
+    writer = CacheWriter(tmp_path, SPEC, (4, 6))
+    writer.write("scene0000_00", torch.zeros(3, 2, 3, 4), torch.ones(3, 2, 3, dtype=torch.bool), FRAMES, (4, 6))
+    assert writer.status("scene0000_00", FRAMES, data_root(tmp_path)) == ("stale", ["(no fingerprint of its frames)"])

@@ -1,6 +1,7 @@
 """`extract` and `probe_teacher` end to end on a tiny hand-made dataset with the weight-free teachers."""
 
 import argparse
+import hashlib
 import json
 import os
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from scene_files import write_scene
 
+from threedrs.cli import build_parser
 from threedrs.config import ConfigError, load_config
 from threedrs.data.instances import SceneDataError
 from threedrs.data.scene import Scene
@@ -16,7 +18,7 @@ from threedrs.extract import extract, main_extract
 from threedrs.locking import FileLock
 from threedrs.probe import main_probe, probe_teacher
 from threedrs.teachers.base import build_teacher
-from threedrs.teachers.cache import CacheError, CacheMismatchError, FeatureCache
+from threedrs.teachers.cache import CacheError, CacheMismatchError, FeatureCache, frame_lists_for
 from threedrs.teachers.geometry import GeometryTeacher
 
 TRAIN = ["scene0000_00", "scene0001_00"]
@@ -152,8 +154,11 @@ def test_scene_subset_batches_and_multi_view_warning(dataset, calls, monkeypatch
     cfg = config(dataset, "teacher.batch_frames=1")
     monkeypatch.setattr(GeometryTeacher, "multi_view", True)
     with pytest.warns(UserWarning, match="multi-view but sees the 3 frames of a scene in batches of 1"):
-        main_extract(argparse.Namespace(config=None, overrides=overrides(dataset, "teacher.batch_frames=1"),
-                                        scenes="scene0002_00"))
+        # the arguments as the command line parses them (every option of `threedrs extract` present)
+        empty = dataset.parent / "empty.yaml"
+        empty.write_text("{}\n")
+        main_extract(build_parser().parse_args(["extract", str(empty), *overrides(dataset, "teacher.batch_frames=1"),
+                                                "--scenes", "scene0002_00"]))
     assert calls.count == 3  # one call per frame
     assert "1 extracted" in capsys.readouterr().out
     assert FeatureCache(cfg.teacher.cache_dir).scene_ids() == ["scene0002_00"]
@@ -234,6 +239,46 @@ def test_a_changed_frame_makes_its_scene_stale_and_verify_sees_content(dataset, 
     os.utime(pose, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert pose.stat().st_size == before.st_size
     assert extract(cfg).written == [] and extract(cfg, verify=True).stale == ["scene0001_00"]
+
+
+def test_verify_on_a_cache_extracted_without_it_hashes_the_frames_instead_of_extracting_again(dataset, calls,
+                                                                                                  capsys):
+    cfg = config(dataset)
+    extract(cfg)
+    calls.count = 0
+    summary = extract(cfg, verify=True)
+    assert summary.written == [] and summary.stale == [] and calls.count == 0
+    assert summary.fingerprinted == TRAIN + VAL and summary.skipped == TRAIN + VAL
+    assert "3 fingerprinted by content" in summary.describe() and "changed" not in capsys.readouterr().err
+    cache = FeatureCache(dataset.parent / "cache")
+    sources = cache.sources("scene0001_00")
+    png = dataset / "scannet" / "posed_images" / "scene0001_00" / "00010.png"
+    assert sources["scannet/posed_images/scene0001_00/00010.png"][2] == hashlib.sha256(png.read_bytes()).hexdigest()
+    assert all(len(entry) == 3 for entry in sources.values())
+    assert cache.load("scene0001_00").tokens.shape == (3, 1, 2, 16)  # the features are kept
+    assert extract(cfg, verify=True).fingerprinted == []  # recorded now: nothing to add
+    before = png.stat()
+    data = bytearray(png.read_bytes())
+    data[-1] ^= 1  # content changed; size and time put back: only the recorded sha256 can tell
+    png.write_bytes(bytes(data))
+    os.utime(png, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert extract(cfg).written == [] and extract(cfg, verify=True).stale == ["scene0001_00"]
+
+
+def test_verify_hashes_each_source_file_of_a_stale_scene_once(dataset, monkeypatch):
+    import threedrs.provenance as provenance
+
+    cfg = config(dataset)
+    extract(cfg, verify=True)
+    pose = dataset / "scannet" / "posed_images" / "scene0001_00" / "00010.txt"
+    pose.write_text(pose.read_text() + "\n")
+    reads = []
+    real_sha256 = provenance.file_sha256
+    monkeypatch.setattr(provenance, "file_sha256", lambda path: reads.append(path) or real_sha256(path))
+    summary = extract(cfg, ["scene0001_00"], verify=True)
+    assert summary.stale == ["scene0001_00"]
+    files = Scene(dataset, "scene0001_00").source_files(frame_lists_for(cfg)("scene0001_00"))
+    assert len(files) > 3 and sorted(reads) == sorted(files)  # checked and recorded with one read each
 
 
 def test_overwrite_starts_the_cache_afresh(dataset):

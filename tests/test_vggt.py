@@ -281,6 +281,16 @@ def test_weights_checksum(tmp_path, tiny_state):
     assert first.startswith("random-init:") and first == same != other
 
 
+def test_expected_identity_without_the_weights_file_compares_nothing(tmp_path, tiny_state):
+    """Training needs only the feature cache: VGGT's weights may live on another machine."""
+    from threedrs.teachers.base import expected_identity
+
+    assert expected_identity("vggt", str(tmp_path / "absent.pt"), 256) == (None, None)
+    assert expected_identity("vggt", None, 256) == (None, None)
+    path = save_checkpoint(tiny_state, tmp_path / "w.pt")
+    assert expected_identity("vggt", str(path), 256) == (hashlib.sha256(path.read_bytes()).hexdigest(), None)
+
+
 # --- exported layer and token dropping ---
 @pytest.mark.parametrize("layer, block", [(-1, 1), (1, 1), (0, 0), (-2, 0)])
 def test_exported_layer_drops_special_tokens(tmp_path, tiny_state, layer, block):

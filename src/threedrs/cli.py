@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenes", default=None, help="comma-separated scene ids (default: every train and val scene)")
     p.add_argument("--overwrite", action="store_true", help="delete the cache in teacher.cache_dir first")
     p.add_argument("--verify", action="store_true",
-                   help="fingerprint the frames by content (sha256), not only by size and modification time")
+                   help="fingerprint the frames by content (sha256), not only by size and modification time; "
+                        "scenes extracted without it get their sha256 recorded, without running the teacher")
     p.set_defaults(func=_cmd_extract)
 
     p = sub.add_parser("probe", help="score how 3D-aware a teacher's or an MLLM's tokens are (multi-view correspondence)",

@@ -24,9 +24,8 @@ from pathlib import Path
 
 from threedrs.config import ExperimentConfig
 from threedrs.locking import FileLock
-from threedrs.provenance import (ProvenanceError, code_version, config_fields, digest, file_sha256,
-                                 fingerprint_files, read_record, refuse_if_different, relative_path,
-                                 write_record)
+from threedrs.provenance import (ProvenanceError, code_version, config_fields, file_sha256, read_record,
+                                 refuse_if_different, relative_path, scene_digest, write_record)
 
 __all__ = ["eval_record", "open_eval", "recorded_ids"]
 
@@ -41,27 +40,29 @@ def eval_record(cfg: ExperimentConfig, checkpoint: dict, samples: dict[str, list
     Scene files (frames, intrinsics, alignment, instances) are fingerprinted by size and modification time and
     kept as one digest per scene.
     """
-    from threedrs.data.scene import Scene
     from threedrs.data.tasks import benchmark_paths
 
     root = Path(cfg.data.root)
     e = cfg.eval
-    scene_digest: dict[str, str] = {}
+    scenes: dict[str, str] = {}  # each scene and each file is read once, however many benchmarks share it
+    hashes: dict[Path, str] = {}
     benchmarks = {}
     for bench, items in samples.items():
-        for scene_id in sorted({s.scene_id for s in items}):
-            if scene_id not in scene_digest:
-                scene = Scene(root, scene_id, cfg.data.axis_alignment)
-                files = scene.source_files(frame_lists(scene_id), objects=True)
-                scene_digest[scene_id] = digest(fingerprint_files(files, root))
+        ids = sorted({s.scene_id for s in items})
+        for scene_id in ids:
+            if scene_id not in scenes:
+                scenes[scene_id] = scene_digest(root, scene_id, frame_lists(scene_id), cfg.data.axis_alignment)
         files = benchmark_paths(root, bench, e.split)
         labels = root / cfg.data.label_map  # ScanRefer's unique / multiple labels come from it (data/labels.py)
         if bench == "scanrefer" and labels.is_file():
             files.append(labels)
+        for path in files:
+            if path not in hashes:
+                hashes[path] = file_sha256(path)
         benchmarks[bench] = {
             "split": e.split, "limit": e.limit, "ids": [s.id for s in items],
-            "files": {relative_path(p, root): file_sha256(p) for p in files},
-            "scenes": {s: scene_digest[s] for s in sorted({s.scene_id for s in items})}}
+            "files": {relative_path(p, root): hashes[p] for p in files},
+            "scenes": {s: scenes[s] for s in ids}}
     proposals = root / e.proposals
     return {"kind": "eval", "code": code_version(), "config": config_fields(cfg, "eval"), "checkpoint": checkpoint,
             "data": {"proposals": file_sha256(proposals) if proposals.is_file() else None},

@@ -13,7 +13,9 @@ is evaluated on val, and both need targets); a split whose list file is absent i
 Resumable: scenes whose file is complete for this config are skipped, truncated files are rewritten,
 temporary files of an interrupted run are ignored and replaced. Each scene file records the fingerprint of the
 files it was computed from (size and modification time of the frames, intrinsics and alignment; their sha256 with
-``--verify``); a scene whose files changed since is extracted again. ``--overwrite`` deletes the cache first.
+``--verify``); a scene whose files changed since is extracted again. ``--verify`` on a scene extracted without it
+hashes its files (unchanged in size and time) and records their sha256 without running the teacher again; later
+``--verify`` runs compare content. ``--overwrite`` deletes the cache first (only a threedrs cache).
 Several processes may extract into one cache at once: each scene is extracted by the one that holds its lock,
 the others skip it (`threedrs.teachers.cache_writer`). Multi-GPU: launched by torchrun or accelerate
 (RANK / WORLD_SIZE / LOCAL_RANK in the environment), rank r takes scenes[r::world] on cuda:LOCAL_RANK; only rank 0
@@ -38,8 +40,8 @@ from tqdm import tqdm
 from threedrs.config import ConfigError, ExperimentConfig, TeacherConfig, load_config
 from threedrs.data.instances import SceneDataError
 from threedrs.data.scene import FrameBatch, Scene, split_scene_ids
-from threedrs.teachers.base import Teacher, build_teacher
 from threedrs.provenance import fingerprint_files, names
+from threedrs.teachers.base import Teacher, build_teacher, weights_fingerprint
 from threedrs.teachers.cache import CacheSpec, frame_lists_for, pool_to_grid
 from threedrs.teachers.cache_writer import CacheWriter, clear_cache
 
@@ -64,8 +66,9 @@ class ExtractSummary:
 
     scenes: the scenes this rank was responsible for; written: extracted now; skipped: already complete;
     rewritten: extracted now because their file was truncated or corrupt (also listed in written); stale:
-    extracted now because their source files changed (also in written); busy: left to another process that
-    was extracting them.
+    extracted now because their source files changed (also in written); fingerprinted: complete, but extracted
+    without ``--verify``: their source files were hashed now and the sha256 recorded, the teacher not run (also
+    in skipped); busy: left to another process that was extracting them.
     """
 
     cache_dir: Path
@@ -77,6 +80,7 @@ class ExtractSummary:
     skipped: list[str] = field(default_factory=list)
     rewritten: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)
+    fingerprinted: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -90,6 +94,9 @@ class ExtractSummary:
             text += f", {len(self.rewritten)} truncated/corrupt files rewritten"
         if self.stale:
             text += f", {len(self.stale)} re-extracted because their frames changed"
+        if self.fingerprinted:
+            text += (f", {len(self.fingerprinted)} fingerprinted by content (sha256 of their frames recorded, "
+                     f"not re-extracted)")
         if self.busy:
             text += f", {len(self.busy)} left to another process extracting them ({names(self.busy, 3)})"
         return text + f"; {self.seconds:.1f} s ({rate:.2f} scenes/s)"
@@ -203,6 +210,7 @@ def extract(cfg: ExperimentConfig, scenes: list[str] | None = None, overwrite: b
                              f"`threedrs extract --overwrite` once in one process) before launching them")
         clear_cache(cfg.teacher.cache_dir)
     device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    weights_files = weights_fingerprint(cfg.teacher.name, cfg.teacher.checkpoint)  # before the weights are hashed
     teacher = build_configured_teacher(cfg).to(device)
     spec = dataclasses.replace(spec, weights_checksum=teacher.weights_checksum, channels=teacher.channels)
     if teacher.multi_view and cfg.teacher.batch_frames < cfg.data.frames:
@@ -211,7 +219,8 @@ def extract(cfg: ExperimentConfig, scenes: list[str] | None = None, overwrite: b
                       f"teacher.batch_frames >= {cfg.data.frames} to match the paper", stacklevel=2)
     first_scene = Scene(root, scene_ids[0], cfg.data.axis_alignment)
     source_grid = teacher.grid_for(*first_scene.load_frame(first_scene.frame_ids[0]).color.shape[:2])
-    writer = CacheWriter(cfg.teacher.cache_dir, spec, source_grid, write_manifest=rank == 0)
+    writer = CacheWriter(cfg.teacher.cache_dir, spec, source_grid, write_manifest=rank == 0,
+                         weights_files=weights_files)
     frame_lists = frame_lists_for(cfg)
     dtype = autocast_dtype(cfg.teacher.dtype, device)
     summary = ExtractSummary(Path(cfg.teacher.cache_dir), teacher.name, rank, world, scene_ids[rank::world])
@@ -223,8 +232,13 @@ def extract(cfg: ExperimentConfig, scenes: list[str] | None = None, overwrite: b
             continue
         try:  # under the scene's lock: no one else writes it, and its leftover temporary files are dead
             frame_ids = frame_lists(scene_id)
-            state = writer.status(scene_id, frame_ids, root, verify)
-            if state == "done":
+            fresh: dict[str, list] = {}  # sha256 of the files status hashed: not read again below
+            state, changed = writer.status(scene_id, frame_ids, root, verify, fresh)
+            scene = Scene(root, scene_id, cfg.data.axis_alignment)
+            if state in ("done", "unhashed"):
+                if state == "unhashed":
+                    writer.record_sources(scene_id, fingerprint_files(scene.source_files(frame_ids), root, True))
+                    summary.fingerprinted.append(scene_id)
                 summary.skipped.append(scene_id)
                 continue
             if state == "corrupt":
@@ -232,10 +246,9 @@ def extract(cfg: ExperimentConfig, scenes: list[str] | None = None, overwrite: b
                 summary.rewritten.append(scene_id)
             if state == "stale":
                 bar.write(f"{writer.path(scene_id)}: its source files changed since extraction "
-                          f"({names(writer.changed(scene_id, root, verify), 3)}), extracting again")
+                          f"({names(changed, 3)}), extracting again")
                 summary.stale.append(scene_id)
-            scene = Scene(root, scene_id, cfg.data.axis_alignment)
-            sources = fingerprint_files(scene.source_files(frame_ids), root, verify)
+            sources = fingerprint_files(scene.source_files(frame_ids), root, verify, known=fresh)
             batch = scene.load_frames(frame_ids)
             tokens, valid, native = encode_scene(teacher, batch, spec.grid, cfg.teacher.batch_frames, device, dtype)
             writer.write(scene_id, tokens, valid, frame_ids, native, sources)
@@ -250,5 +263,5 @@ def main_extract(args: argparse.Namespace) -> None:
     """`threedrs extract CONFIG [k=v ...] [--scenes id1,id2] [--overwrite] [--verify]`."""
     cfg = load_config(args.config, args.overrides)
     scenes = args.scenes.split(",") if args.scenes else None
-    summary = extract(cfg, scenes, overwrite=getattr(args, "overwrite", False), verify=getattr(args, "verify", False))
+    summary = extract(cfg, scenes, overwrite=args.overwrite, verify=args.verify)
     print(summary.describe())

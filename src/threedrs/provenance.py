@@ -22,7 +22,7 @@ starts the folder afresh. One comparison serves every command, the feature cache
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import hashlib
 import json
 import reprlib
@@ -47,7 +47,7 @@ __all__ = [
     "names",
     "refuse_if_different",
     "relative_path",
-    "scene_digests",
+    "scene_digest",
     "write_record",
 ]
 
@@ -87,11 +87,17 @@ def digest(value: object) -> str:
 
 def code_version() -> dict[str, str]:
     """The package version and a digest of its source files (the ``code`` section)."""
+    return {"threedrs": __version__, "source_sha256": _source_sha256()}
+
+
+@functools.cache
+def _source_sha256() -> str:
+    """Digest of the package's .py files (paths and bytes), read once per process."""
     package = Path(__file__).parent
     h = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
         h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
-    return {"threedrs": __version__, "source_sha256": h.hexdigest()}
+    return h.hexdigest()
 
 
 def config_fields(cfg: ExperimentConfig, command: str) -> dict[str, object]:
@@ -100,10 +106,14 @@ def config_fields(cfg: ExperimentConfig, command: str) -> dict[str, object]:
     return {k: v for k, v in flat.items() if not k.startswith(_NOT_OUTPUTS[command])}
 
 
-def fingerprint_files(paths: Iterable[Path], root: Path, verify: bool = False) -> dict[str, list]:
+def fingerprint_files(paths: Iterable[Path], root: Path | None, verify: bool = False,
+                      known: dict[str, list] | None = None) -> dict[str, list]:
     """``{path relative to root: [size, mtime_ns]}`` (``[size, mtime_ns, sha256]`` with ``verify``).
 
-    A path outside ``root`` is kept absolute; a missing file raises FileNotFoundError naming it.
+    A path outside ``root`` (every path when ``root`` is None) is kept as given; a missing file raises
+    FileNotFoundError naming it. known: ``[size, mtime_ns, sha256]`` of files this process has just hashed (the
+    ``fresh`` of `changed_files`, same keys): a file whose size and mtime still match keeps that sha256 instead of
+    being read again.
     """
     out: dict[str, list] = {}
     for path in paths:
@@ -111,18 +121,24 @@ def fingerprint_files(paths: Iterable[Path], root: Path, verify: bool = False) -
             stat = path.stat()
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: file not found") from None
+        name = str(path) if root is None else relative_path(path, root)
         entry: list = [stat.st_size, stat.st_mtime_ns]
         if verify:
-            entry.append(file_sha256(path))
-        out[relative_path(path, root)] = entry
+            seen = (known or {}).get(name)
+            entry.append(seen[2] if seen is not None and list(seen[:2]) == entry else file_sha256(path))
+        out[name] = entry
     return out
 
 
-def changed_files(stored: dict[str, list], root: Path, verify: bool = False) -> list[str]:
+def changed_files(stored: dict[str, list], root: Path, verify: bool = False,
+                  fresh: dict[str, list] | None = None) -> list[str]:
     """The files of a fingerprint that changed since (missing, other size, other mtime), in stored order.
 
     A file whose size or mtime changed but whose stored sha256 still matches is unchanged (a copy that lost its
-    times). With ``verify`` every file with a stored sha256 is hashed, and one without counts as changed.
+    times). With ``verify`` every file with a stored sha256 is hashed and compared; a file recorded without one
+    (fingerprinted without ``verify``) is unchanged when its size and mtime are: there is no content to compare
+    it with. fresh: when given, receives ``[size, mtime_ns, sha256]`` of every file hashed here, for
+    `fingerprint_files` (``known``) to reuse.
     """
     changed = []
     for name, entry in stored.items():
@@ -133,9 +149,19 @@ def changed_files(stored: dict[str, list], root: Path, verify: bool = False) -> 
             changed.append(name)
             continue
         same_stat = [stat.st_size, stat.st_mtime_ns] == list(entry[:2])
+        if len(entry) < 3:
+            if not same_stat:
+                changed.append(name)
+            continue
         if same_stat and not verify:
             continue
-        if len(entry) < 3 or stat.st_size != entry[0] or file_sha256(path) != entry[2]:
+        if stat.st_size != entry[0]:
+            changed.append(name)
+            continue
+        sha = file_sha256(path)
+        if fresh is not None:
+            fresh[name] = [stat.st_size, stat.st_mtime_ns, sha]
+        if sha != entry[2]:
             changed.append(name)
     return changed
 
@@ -162,12 +188,14 @@ def differences(stored: dict, current: dict, prefix: str = "", any_none: bool = 
     return out
 
 
-def refuse_if_different(stored: dict, current: dict, what: str, remedy: str) -> None:
-    """ProvenanceError naming up to 5 differing fields of ``what`` unless the two records agree."""
-    diff = differences(stored, current)
+def refuse_if_different(stored: dict, current: dict, what: str, remedy: str,
+                        error: type[Exception] = ProvenanceError, any_none: bool = False) -> None:
+    """``error`` naming up to 5 differing fields of ``what`` (`differences`, ``any_none`` as there) unless the two
+    records agree: the one refusal of every folder and cache that another run made."""
+    diff = differences(stored, current, any_none=any_none)
     if diff:
         more = f" (and {len(diff) - 5} more)" if len(diff) > 5 else ""
-        raise ProvenanceError(f"{what} was made by another run: {'; '.join(diff[:5])}{more}; {remedy}")
+        raise error(f"{what} was made by another run: {'; '.join(diff[:5])}{more}; {remedy}")
 
 
 def read_record(folder: Path) -> dict | None:
@@ -194,9 +222,7 @@ def relative_path(path: Path, root: Path) -> str:
 
 
 def _flatten(value: object, prefix: str = "") -> dict[str, object]:
-    """Nested mappings (and dataclasses) to {"a.b.c": leaf}; lists and tuples are leaves (tuples as lists)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
+    """Nested mappings to {"a.b.c": leaf}; lists and tuples are leaves (tuples as lists)."""
     if isinstance(value, dict):
         out: dict[str, object] = {}
         for key, item in value.items():
@@ -215,9 +241,14 @@ def _leaf(value: object) -> object:
     return value
 
 
-def scene_digests(fingerprints: dict[str, dict[str, list]]) -> dict[str, str]:
-    """``{scene: digest of its file fingerprint}``: the compact ``data.scenes`` section of a record."""
-    return {scene: digest(fp) for scene, fp in sorted(fingerprints.items())}
+def scene_digest(root: Path, scene_id: str, frame_ids: list[str], axis_alignment: str) -> str:
+    """Digest of the fingerprint (size, mtime) of every file of a scene that a run reads: the frames of its frame
+    list, intrinsics, alignment, instances (`threedrs.data.scene.Scene.source_files`); one entry of a record's
+    ``data.scenes`` / ``benchmarks.<name>.scenes``."""
+    from threedrs.data.scene import Scene
+
+    files = Scene(root, scene_id, axis_alignment).source_files(frame_ids, objects=True)
+    return digest(fingerprint_files(files, root))
 
 
 def names(values: Sequence[str], limit: int = 5) -> str:

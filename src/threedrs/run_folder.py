@@ -16,8 +16,8 @@ Rules, applied by the main process before any model is built (`open_run`) and on
 - with ``--resume``, the stored record must equal this run's, field by field, else the run is refused naming
   the fields (or started afresh with ``--overwrite``); the newest usable checkpoint is chosen (damaged newer ones
   are renamed ``*.damaged`` with a warning) and train_log.jsonl is cut back to its step;
-- the feature cache must match the configured teacher (weights checksum, channels) and the frames it was
-  computed from must be unchanged; the record keeps the sha256 of the annotation files, a digest of each
+- the frames the feature cache was computed from must be unchanged (its teacher is checked when the training
+  data opens it); the record keeps the sha256 of the annotation files, a digest of each
   scene's files (frames, intrinsics, alignment, instances: size and modification time) and of the cache.
 """
 
@@ -31,9 +31,8 @@ from pathlib import Path
 from threedrs.checkpoint import resume_point, set_aside, step_folders
 from threedrs.config import ExperimentConfig, dump_yaml
 from threedrs.json_files import write_atomic
-from threedrs.provenance import (RECORD, ProvenanceError, code_version, config_fields, differences, digest,
-                                 file_sha256, fingerprint_files, names, read_record, refuse_if_different,
-                                 write_record)
+from threedrs.provenance import (RECORD, ProvenanceError, code_version, config_fields, digest, file_sha256, names,
+                                 read_record, refuse_if_different, scene_digest, write_record)
 
 __all__ = ["RunFolderError", "check_run_data", "cut_log", "open_run"]
 
@@ -125,39 +124,30 @@ def open_run(out: Path, cfg: ExperimentConfig, resume: bool, overwrite: bool,
 
 def check_run_data(out: Path, cfg: ExperimentConfig, cache, frame_lists: Callable[[str], list[str]],
                    scene_ids: list[str]) -> None:
-    """Compare the feature cache with the configured teacher and the current frames, then compare (or write) the
-    run's full record. ``cache``: the run's FeatureCache or None; ``frame_lists``: the run's frame lists;
+    """Check that the frames the feature cache was computed from are unchanged, then compare (or write) the
+    run's full record. ``cache``: the run's FeatureCache or None (its teacher was checked against the config when
+    it was opened, `threedrs.training_data.open_training_cache`); ``frame_lists``: the run's frame lists;
     ``scene_ids``: the scenes trained on.
 
     Main process only, after the data is read and before the first step.
     """
-    from threedrs.data.scene import Scene
     from threedrs.data.tasks import benchmark_paths
-    from threedrs.teachers.base import expected_identity
-    from threedrs.teachers.cache import CacheMismatchError
+    from threedrs.teachers.cache import CacheMismatchError, stale_sources
 
     root = Path(cfg.data.root)
     record = _record(cfg)
-    policy = cfg.data.axis_alignment
-    scenes = {s: digest(fingerprint_files(Scene(root, s, policy).source_files(frame_lists(s), objects=True), root))
-              for s in scene_ids}
-    record["data"] = {"annotations": {p.relative_to(root).as_posix(): file_sha256(p) for task in cfg.train.tasks
-                                      for p in benchmark_paths(root, task, "train")}, "scenes": scenes}
+    scenes = {s: scene_digest(root, s, frame_lists(s), cfg.data.axis_alignment) for s in scene_ids}
+    annotations = dict.fromkeys(p for task in cfg.train.tasks for p in benchmark_paths(root, task, "train"))
+    record["data"] = {"annotations": {p.relative_to(root).as_posix(): file_sha256(p) for p in annotations},
+                      "scenes": scenes}
     if cache is not None:
-        checksum, channels = expected_identity(cfg.teacher.name, cfg.teacher.checkpoint, cfg.teacher.channels)
-        have = {"weights_checksum": cache.spec.weights_checksum, "channels": cache.spec.channels}
-        diff = differences(have, {"weights_checksum": checksum, "channels": channels}, any_none=True)
-        if diff:
-            raise CacheMismatchError(f"feature cache {cache.directory} was extracted with another teacher than the "
-                                     f"configured one ({'; '.join(diff)}); extract again into a new "
-                                     f"teacher.cache_dir")
         sources = {}
         for scene_id in scene_ids:
-            changed = cache.changed_sources(scene_id, root)
+            sources[scene_id] = cache.sources(scene_id)
+            changed = stale_sources(sources[scene_id], root)
             if changed:
                 raise CacheMismatchError(f"{cache.path(scene_id)}: extracted from frames that changed since "
                                          f"({names(changed, 3)} under {root}); run `threedrs extract` again")
-            sources[scene_id] = cache.sources(scene_id)
         record["teacher"] = {"name": cache.spec.teacher, "weights_checksum": cache.spec.weights_checksum,
                              "channels": cache.spec.channels, "layer": cache.spec.layer}
         record["data"]["cache"] = digest(sources)
@@ -166,4 +156,3 @@ def check_run_data(out: Path, cfg: ExperimentConfig, cache, frame_lists: Callabl
         refuse_if_different(stored, record, f"run folder {out}",
                             "resume with the run's own data and teacher cache, or pass --overwrite to start afresh")
     write_record(out, record)
-

@@ -1,8 +1,8 @@
 """The training set of `threedrs train`: benchmark samples (data/) joined with the teacher feature cache (teachers/).
 
 It sits above both layers: the data layer knows nothing of teachers, the teacher cache nothing of benchmark
-samples; this module checks that the cache matches the run's config and the student's token grid, and hands
-train.py the dataset and its `collate`.
+samples; this module checks that the cache matches the run's config (teacher included) and the student's token
+grid, and hands train.py the dataset and its `collate`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,21 @@ from threedrs.data.dataset import Candidates, SceneSampleDataset, pixel_options
 from threedrs.data.instances import SceneDataError
 from threedrs.data.preflight import BenchmarkInputs, prepare_training
 from threedrs.data.scene import Scene
+from threedrs.teachers.base import expected_identity
 from threedrs.teachers.cache import CacheSpec, FeatureCache, frame_lists_for
+
+
+def open_training_cache(cfg) -> FeatureCache:
+    """The feature cache in ``teacher.cache_dir`` (``teacher.grid`` set), refused with CacheMismatchError naming
+    each field unless it holds what the run's config asks: teacher, layer, frame rule, grid, and the configured
+    teacher's weights checksum and channels where they can be told without building the teacher
+    (`threedrs.teachers.base.expected_identity`: weights that are not on this machine are not compared, and
+    weights that kept the size and time recorded at extraction are not hashed again)."""
+    cache = FeatureCache(cfg.teacher.cache_dir)
+    checksum, channels = expected_identity(cfg.teacher.name, cfg.teacher.checkpoint, cfg.teacher.channels,
+                                           cache.manifest)
+    cache.check_spec(CacheSpec.from_config(cfg, checksum, channels))
+    return cache
 
 
 @dataclass
@@ -47,7 +61,7 @@ def build_training_data(cfg, adapter, split: str = "train", inputs: BenchmarkInp
         elif tuple(cfg.teacher.grid) != grid:
             raise SceneDataError(f"teacher.grid {list(cfg.teacher.grid)} does not match the student's token grid "
                                  f"{list(grid)} for {width}x{height} frames; extract with teacher.grid={list(grid)}")
-        cache = FeatureCache(cfg.teacher.cache_dir, expected=CacheSpec.from_config(cfg))
+        cache = open_training_cache(cfg)
         channels = int(cache.manifest["channels"])
     dataset = SceneSampleDataset(samples, root, frame_lists_for(cfg), adapter.footprints, candidates, gt, cache,
                                  cfg.data.axis_alignment, **pixel_options(cfg, adapter))

@@ -16,12 +16,14 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from threedrs.provenance import file_sha256
+from threedrs.provenance import fingerprint_files
 
 if TYPE_CHECKING:
     from threedrs.data.scene import FrameBatch
@@ -31,9 +33,10 @@ __all__ = [
     "build_teacher",
     "check_images",
     "expected_identity",
-    "file_sha256",
     "known_teachers",
     "register_teacher",
+    "teacher_class",
+    "weights_fingerprint",
 ]
 
 
@@ -82,11 +85,21 @@ class Teacher(nn.Module, ABC):
         """Identity of the weights for the cache manifest: sha256 of the weights file, "none" if weight-free."""
 
     @classmethod
-    def identity_for(cls, checkpoint: str | None, channels: int) -> tuple[str | None, int | None]:
-        """(weights_checksum, channels) that this teacher built from ``teacher.checkpoint`` / ``teacher.channels``
-        would have, found without building it (training compares its feature cache with them); None where that
-        cannot be told without building it."""
-        return None, None
+    def weight_files(cls, checkpoint: str | None) -> list[Path]:
+        """The files of ``teacher.checkpoint`` that `checksum_for` reads; [] when there are none (a weight-free
+        teacher, or weights that are not on this machine)."""
+        return []
+
+    @classmethod
+    def checksum_for(cls, checkpoint: str | None) -> str | None:
+        """The ``weights_checksum`` this teacher built from ``teacher.checkpoint`` would have, found without building
+        it (training compares its feature cache with it); None where that cannot be told: not compared."""
+        return None
+
+    @classmethod
+    def channels_for(cls, channels: int) -> int | None:
+        """C of this teacher built with ``teacher.channels``; None where the weights decide it: not compared."""
+        return None
 
     @abstractmethod
     def describe(self) -> str:
@@ -153,8 +166,12 @@ class PatchTeacher(Teacher):
         return "none"
 
     @classmethod
-    def identity_for(cls, checkpoint: str | None, channels: int) -> tuple[str | None, int | None]:
-        return "none", channels
+    def checksum_for(cls, checkpoint: str | None) -> str | None:
+        return "none"
+
+    @classmethod
+    def channels_for(cls, channels: int) -> int | None:
+        return channels
 
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
         if height < self._patch or width < self._patch:
@@ -194,17 +211,39 @@ def known_teachers() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def expected_identity(name: str, checkpoint: str | None, channels: int) -> tuple[str | None, int | None]:
-    """`Teacher.identity_for` of the teacher registered as ``name`` (ValueError for an unknown name)."""
+def teacher_class(name: str) -> type[Teacher]:
+    """The Teacher class registered as ``name`` (ValueError naming the known ones for an unknown name)."""
     names = known_teachers()
     if name not in _REGISTRY:
         raise ValueError(f"unknown teacher {name!r}; known teachers: {', '.join(names)}")
-    return _REGISTRY[name].identity_for(checkpoint, channels)
+    return _REGISTRY[name]
+
+
+def weights_fingerprint(name: str, checkpoint: str | None) -> dict[str, list]:
+    """``{absolute path: [bytes, mtime_ns]}`` of the weight files of teacher ``name`` built from ``checkpoint``
+    ({} when it has none here): what `threedrs extract` records in the cache manifest as "weights_files"."""
+    return fingerprint_files([p.resolve() for p in teacher_class(name).weight_files(checkpoint)], None)
+
+
+def expected_identity(name: str, checkpoint: str | None, channels: int,
+                      recorded: Mapping[str, object] | None = None) -> tuple[str | None, int | None]:
+    """(weights_checksum, channels) that teacher ``name`` built from ``teacher.checkpoint`` / ``teacher.channels``
+    would have, found without building it; None where that cannot be told (not compared), e.g. VGGT's weights
+    file is not on this machine (training never needs it).
+
+    recorded: the feature cache's manifest. When the weight files still have the size and modification time
+    recorded there ("weights_files", taken by `threedrs extract` before it hashed them; the rule scene files
+    follow), its weights_checksum is returned without reading them again (VGGT-1B is 5 GB); otherwise they are
+    hashed.
+    """
+    cls = teacher_class(name)
+    recorded = recorded or {}
+    checksum, known = recorded.get("weights_checksum"), recorded.get("weights_files")
+    if not (isinstance(checksum, str) and known and known == weights_fingerprint(name, checkpoint)):
+        checksum = cls.checksum_for(checkpoint)
+    return checksum, cls.channels_for(channels)
 
 
 def build_teacher(name: str, **options: object) -> Teacher:
     """Build the teacher registered as ``name`` with keyword ``options`` (see each teacher's __init__)."""
-    names = known_teachers()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown teacher {name!r}; known teachers: {', '.join(names)}")
-    return _REGISTRY[name](**options)
+    return teacher_class(name)(**options)

@@ -39,7 +39,7 @@ from torch import Tensor
 from threedrs.config import ExperimentConfig
 from threedrs.data.sampling import FrameLists, frame_lists_from_config
 from threedrs.json_files import read_json_file
-from threedrs.provenance import changed_files, differences
+from threedrs.provenance import changed_files, refuse_if_different
 
 __all__ = [
     "CacheError",
@@ -51,10 +51,11 @@ __all__ = [
     "check_cache_file",
     "file_sources",
     "file_spec",
-    "read_manifest",
-    "refuse_if_different",
     "frame_lists_for",
     "pool_to_grid",
+    "read_manifest",
+    "refuse_other_spec",
+    "stale_sources",
 ]
 
 FORMAT = "threedrs-feature-cache"
@@ -62,6 +63,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FRAME_LISTS = "frame_lists.json"
 SUFFIX = ".safetensors"
+_REMEDY = "use another teacher.cache_dir, or extract again with --overwrite"
 VALIDITY_RULE = "any"  # a pooled token is valid when any source token in its bin is valid (mean over valid ones)
 
 
@@ -118,10 +120,6 @@ class CacheSpec:
         except (KeyError, TypeError, IndexError, ValueError) as exc:
             raise CacheError(f"{source}: not a threedrs feature-cache description (bad or missing {exc})") from None
         return cls(**kwargs)
-
-    def differences(self, expected: CacheSpec) -> list[str]:
-        """One "field: recorded X, this run has Y" line per field that differs (None in ``expected`` = any)."""
-        return differences(asdict(self), asdict(expected), any_none=True)
 
     def to_metadata(self) -> dict[str, str]:
         """The spec as safetensors string metadata (values JSON-encoded)."""
@@ -248,11 +246,17 @@ def read_manifest(directory: Path) -> dict:
     return manifest
 
 
-def refuse_if_different(have: CacheSpec, expected: CacheSpec, what: str) -> None:
-    diff = have.differences(expected)
-    if diff:
-        raise CacheMismatchError(f"{what} does not match the run's config: {'; '.join(diff)} "
-                                 f"(use another teacher.cache_dir, or extract again with --overwrite)")
+def refuse_other_spec(have: CacheSpec, expected: CacheSpec, what: str) -> None:
+    """CacheMismatchError naming each field where ``have`` differs from ``expected`` (None there: any value)."""
+    refuse_if_different(asdict(have), asdict(expected), what, _REMEDY, error=CacheMismatchError, any_none=True)
+
+
+def stale_sources(sources: dict[str, list], root: Path, verify: bool = False,
+                  fresh: dict[str, list] | None = None) -> list[str]:
+    """The files of a scene file's "sources" fingerprint that changed since its extraction (paths under ``root``;
+    `threedrs.provenance.changed_files` says what counts as changed, ``verify`` and ``fresh`` are its). A file
+    without a fingerprint (written by an older threedrs) is stale as a whole."""
+    return changed_files(sources, Path(root), verify, fresh) if sources else ["(no fingerprint of its frames)"]
 
 
 class FeatureCache:
@@ -269,7 +273,11 @@ class FeatureCache:
         self.manifest = read_manifest(self.directory)
         self.spec = CacheSpec.from_mapping(self.manifest, self.directory / MANIFEST)
         if expected is not None:
-            refuse_if_different(self.spec, expected, f"feature cache {self.directory}")
+            self.check_spec(expected)
+
+    def check_spec(self, expected: CacheSpec) -> None:
+        """CacheMismatchError naming each field where the manifest differs from ``expected`` (None: any)."""
+        refuse_other_spec(self.spec, expected, f"feature cache {self.directory}")
 
     def path(self, scene_id: str) -> Path:
         """The final file of a scene (it may not exist)."""
@@ -286,12 +294,6 @@ class FeatureCache:
         """The fingerprint of the files a scene's features were computed from ({} if the file has none)."""
         return file_sources(self.path(scene_id), check_cache_file(self.path(scene_id)))
 
-    def changed_sources(self, scene_id: str, root: str | Path, verify: bool = False) -> list[str]:
-        """The source files of a scene (paths under ``root``) that changed since its extraction; a file without
-        a fingerprint (written by an older threedrs) counts as changed."""
-        stored = self.sources(scene_id)
-        return changed_files(stored, Path(root), verify) if stored else ["(no fingerprint of its frames)"]
-
     def load(self, scene_id: str, frame_ids: list[str] | None = None) -> SceneFeatures:
         """Read one scene; ``frame_ids`` (the run's frame list) must equal the stored ones when given.
 
@@ -301,7 +303,7 @@ class FeatureCache:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: scene {scene_id} is not in the feature cache; run `threedrs extract`")
         spec, stored_ids, source_grid = file_spec(path, check_cache_file(path))
-        refuse_if_different(spec, self.spec, f"cache file {path}")
+        refuse_other_spec(spec, self.spec, f"cache file {path}")
         if frame_ids is not None and list(frame_ids) != stored_ids:
             raise CacheMismatchError(f"{path}: extracted for frames {stored_ids}, the run uses {list(frame_ids)}; "
                                      f"extract again (the frame lists changed)")

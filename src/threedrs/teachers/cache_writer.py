@@ -15,17 +15,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from threedrs import __version__
 from threedrs.json_files import write_atomic, write_json_atomic
 from threedrs.locking import FileLock, LockedError
-from threedrs.provenance import changed_files
 from threedrs.teachers.cache import (FORMAT, FORMAT_VERSION, FRAME_LISTS, MANIFEST, SUFFIX, VALIDITY_RULE,
                                      CacheError, CacheMismatchError, CacheSpec, CorruptCacheFileError,
                                      check_cache_file, file_sources, file_spec, read_manifest,
-                                     refuse_if_different)
+                                     refuse_other_spec, stale_sources)
 
 __all__ = ["CacheWriter", "DiskFullError", "clear_cache"]
 
@@ -57,11 +57,14 @@ class CacheWriter:
 
     On creation the manifest is checked when present (mismatch: CacheMismatchError naming each field) or,
     when absent and ``write_manifest`` is true, written BEFORE any scene file (rank 0 of a multi-process
-    extraction writes it; other ranks only check). ``source_grid`` is recorded for information.
+    extraction writes it; other ranks only check). ``source_grid`` is recorded for information;
+    ``weights_files`` ({absolute path: [bytes, mtime_ns]} of the teacher's weight files, taken before they were
+    hashed into ``spec.weights_checksum``) lets training trust that checksum while the files keep their size and
+    modification time (`threedrs.teachers.base.expected_identity`); a matching manifest gets the current ones.
     """
 
     def __init__(self, directory: str | Path, spec: CacheSpec, source_grid: tuple[int, int],
-                 write_manifest: bool = True):
+                 write_manifest: bool = True, weights_files: dict[str, list] | None = None):
         self.directory = Path(directory)
         self.spec = spec
         self._claims: dict[str, FileLock] = {}
@@ -73,12 +76,15 @@ class CacheWriter:
         manifest_path = self.directory / MANIFEST
         with FileLock(self.directory / ".lock", f"the feature cache {self.directory}").acquire(_LOCK_WAIT):
             if manifest_path.is_file():
-                stored = CacheSpec.from_mapping(read_manifest(self.directory), manifest_path)
-                refuse_if_different(stored, spec, f"feature cache {self.directory}")
+                manifest = read_manifest(self.directory)
+                refuse_other_spec(CacheSpec.from_mapping(manifest, manifest_path), spec,
+                                  f"feature cache {self.directory}")
+                if write_manifest and weights_files and manifest.get("weights_files") != weights_files:
+                    write_json_atomic(manifest_path, {**manifest, "weights_files": weights_files})
             elif write_manifest:
                 manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(spec),
                             "source_grid": list(source_grid), "validity": VALIDITY_RULE,
-                            "package_version": __version__}
+                            "package_version": __version__, "weights_files": weights_files or {}}
                 write_json_atomic(manifest_path, manifest)
 
     def path(self, scene_id: str) -> Path:
@@ -99,34 +105,49 @@ class CacheWriter:
         if lock is not None:
             lock.release()
 
-    def status(self, scene_id: str, frame_ids: list[str], root: Path | None = None, verify: bool = False) -> str:
-        """"done" (a whole file for this spec and these frames), "missing", "corrupt" or "stale" (its source
-        files under ``root`` changed since, or it has no fingerprint of them): the last three are extracted again.
+    def status(self, scene_id: str, frame_ids: list[str], root: Path, verify: bool = False,
+               fresh: dict[str, list] | None = None) -> tuple[str, list[str]]:
+        """(state, the stale source files) of a scene's file; states:
 
-        A whole file written for another spec or other frames raises CacheMismatchError: it is not redone
-        silently.
+        - "done": a whole file for this spec and these frames, computed from the current files under ``root``;
+        - "missing", "corrupt": no file, or a truncated / damaged one;
+        - "stale": its source files changed since (listed; `stale_sources`), or it has no fingerprint of them;
+        - "unhashed" (only with ``verify``): done, but fingerprinted without sha256, so its content cannot be
+          compared: `threedrs extract --verify` hashes the files now and records it (`record_sources`).
+
+        "missing", "corrupt" and "stale" are extracted again. A whole file written for another spec or other
+        frames raises CacheMismatchError: it is not redone silently. fresh: as `stale_sources`'s.
         """
         path = self.path(scene_id)
         if not path.is_file():
-            return "missing"
+            return "missing", []
         try:
             header = check_cache_file(path)
             spec, stored_ids, _ = file_spec(path, header)
             sources = file_sources(path, header)
         except CorruptCacheFileError:
-            return "corrupt"
-        refuse_if_different(spec, self.spec, f"cache file {path}")
+            return "corrupt", []
+        refuse_other_spec(spec, self.spec, f"cache file {path}")
         if stored_ids != list(frame_ids):
             raise CacheMismatchError(f"{path}: extracted for frames {stored_ids}, the run's frame list is "
                                      f"{list(frame_ids)}; delete the file or use another teacher.cache_dir")
-        if root is not None and (not sources or changed_files(sources, Path(root), verify)):
-            return "stale"
-        return "done"
+        changed = stale_sources(sources, Path(root), verify, fresh)
+        if changed:
+            return "stale", changed
+        if verify and any(len(entry) < 3 for entry in sources.values()):
+            return "unhashed", []
+        return "done", []
 
-    def changed(self, scene_id: str, root: Path, verify: bool = False) -> list[str]:
-        """The source files of a stale scene that changed (for messages)."""
-        sources = file_sources(self.path(scene_id), check_cache_file(self.path(scene_id)))
-        return changed_files(sources, Path(root), verify) if sources else ["(no fingerprint of its frames)"]
+    def record_sources(self, scene_id: str, sources: dict[str, list]) -> Path:
+        """Replace the "sources" fingerprint of a scene's whole file (its features and other metadata are kept);
+        what `threedrs extract --verify` does to an "unhashed" scene instead of running the teacher again."""
+        path = self.path(scene_id)
+        metadata = dict(check_cache_file(path)["__metadata__"])
+        metadata["sources"] = json.dumps(sources)
+        with safe_open(str(path), framework="pt") as handle:
+            tensors = {name: handle.get_tensor(name) for name in ("tokens", "valid")}
+        self._store(scene_id, safetensors_bytes(tensors, metadata=metadata))
+        return path
 
     def write(self, scene_id: str, tokens: Tensor, valid: Tensor, frame_ids: list[str],
               source_grid: tuple[int, int], sources: dict[str, list] | None = None) -> Path:
@@ -156,6 +177,11 @@ class CacheWriter:
                     "validity": json.dumps(VALIDITY_RULE), "package_version": json.dumps(__version__),
                     "sources": json.dumps(sources or {})}
         data = safetensors_bytes({"tokens": stored, "valid": valid}, metadata=metadata)
+        return self._store(scene_id, data)
+
+    def _store(self, scene_id: str, data: bytes) -> Path:
+        """Write a scene's file bytes atomically under its lock (taken here unless `claim` took it); DiskFullError
+        when the disk runs full. Returns the final path."""
         final = self.path(scene_id)
         held = scene_id in self._claims
         lock = self._claims[scene_id] if held else FileLock(self.directory / ".locks" / f"{scene_id}.lock",

@@ -39,7 +39,8 @@ from torch import Tensor, nn
 
 from threedrs.data.scene import FrameBatch
 from threedrs.json_files import read_json_file
-from threedrs.teachers.base import Teacher, file_sha256, register_teacher
+from threedrs.provenance import file_sha256
+from threedrs.teachers.base import Teacher, register_teacher
 
 __all__ = ["HFVisionTeacher", "ModelFolderError", "Preprocessing", "naflex_grid", "read_preprocessing"]
 
@@ -198,18 +199,24 @@ class HFVisionTeacher(Teacher):
     @cached_property
     def weights_checksum(self) -> str:
         """sha256 over the folder's weight files (name and sha256 of each, sorted by name)."""
-        return self.identity_for(str(self.directory), self.channels)[0]
+        return self.checksum_for(str(self.directory))
 
     @classmethod
-    def identity_for(cls, checkpoint: str | None, channels: int) -> tuple[str | None, int | None]:
-        """The weights checksum of the model folder ``checkpoint``; channels follow the weights."""
+    def weight_files(cls, checkpoint: str | None) -> list[Path]:
+        """The weight files of the model folder ``checkpoint``, sorted by name ([] when it is not here)."""
         if checkpoint is None or not Path(checkpoint).is_dir():
-            return None, None
-        files = sorted(p for p in Path(checkpoint).iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
+            return []
+        return sorted(p for p in Path(checkpoint).iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
+
+    @classmethod
+    def checksum_for(cls, checkpoint: str | None) -> str | None:
+        """The weights checksum of the model folder ``checkpoint``; None when the folder is not here."""
+        if checkpoint is None or not Path(checkpoint).is_dir():
+            return None
         digest = hashlib.sha256()
-        for path in files:
+        for path in cls.weight_files(checkpoint):
             digest.update(f"{path.name}:{file_sha256(path)}\n".encode())
-        return digest.hexdigest(), None
+        return digest.hexdigest()
 
     def describe(self) -> str:
         """One line for reports."""

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from threedrs.teachers.base import Teacher, file_sha256, register_teacher
+from threedrs.provenance import file_sha256
+from threedrs.teachers.base import Teacher, register_teacher
 from threedrs.teachers.vggt_layers import Block, DinoV2Encoder, RotaryTables
 
 if TYPE_CHECKING:
@@ -347,7 +348,7 @@ class VGGTTeacher(Teacher):
     def weights_checksum(self) -> str:
         """sha256 of the checkpoint file; for a random initialisation, "random-init:" + sha256 of the weights."""
         if self.checkpoint is not None:
-            return self.identity_for(str(self.checkpoint), self.channels)[0]
+            return file_sha256(self.checkpoint)
         digest = hashlib.sha256()
         for key, value in self.aggregator.state_dict().items():
             digest.update(key.encode())
@@ -355,9 +356,16 @@ class VGGTTeacher(Teacher):
         return "random-init:" + digest.hexdigest()
 
     @classmethod
-    def identity_for(cls, checkpoint: str | None, channels: int) -> tuple[str | None, int | None]:
-        """The checkpoint file's sha256 (None for a random initialisation); channels follow the weights."""
-        return (file_sha256(checkpoint) if checkpoint is not None else None), None
+    def weight_files(cls, checkpoint: str | None) -> list[Path]:
+        """The checkpoint file, when it is on this machine."""
+        return [Path(checkpoint)] if checkpoint is not None and Path(checkpoint).is_file() else []
+
+    @classmethod
+    def checksum_for(cls, checkpoint: str | None) -> str | None:
+        """The checkpoint file's sha256; None for a random initialisation or a file not on this machine (training
+        reads only the feature cache, so it may run where the weights are not)."""
+        files = cls.weight_files(checkpoint)
+        return file_sha256(files[0]) if files else None
 
     def describe(self) -> str:
         source = f"checkpoint {self.checkpoint.name}" if self.checkpoint is not None else "RANDOM INIT (no checkpoint)"
