@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -265,3 +266,45 @@ def test_library_pickles_are_opened_only_with_a_restricted_loader(tmp_path):
     with pytest.raises(UntrustedCheckpointError, match="blob: refused, a pickle file"):
         check_pickles(tmp_path, ["blob"])
     assert not marker.exists()
+
+
+def test_overwrite_deletes_only_what_a_training_wrote(tmp_path):
+    """output_dir="." is where configs keep ./checkpoints/<weights>: --overwrite must leave those, and must not
+    pull an evaluation's predictions from under the process writing them."""
+    from threedrs.run_folder import open_run
+
+    out = tmp_path / "run"
+    cfg = load_config(None, [f"output_dir={out}"])
+    checkpoints = out / "checkpoints"
+    for name in ("step_000002", "step_000004.tmp", "step_000001.damaged"):
+        (checkpoints / name).mkdir(parents=True)
+        (checkpoints / name / "model.safetensors").write_bytes(b"ours")
+    (checkpoints / "vggt_1b.pt").write_bytes(b"the user's teacher weights")
+    (checkpoints / "Qwen2-VL-2B").mkdir()
+    (checkpoints / "Qwen2-VL-2B" / "config.json").write_text("{}")
+    (out / "train_log.jsonl").write_text('{"step": 1}\n')
+    (out / "provenance.json").write_text(json.dumps({"kind": "train"}))
+    (out / "notes.txt").write_text("the user's")
+    predictions = out / "eval" / "predictions"
+    predictions.mkdir(parents=True)
+    (predictions / "scanrefer.jsonl").write_text("{}\n")
+    (out / "eval" / "provenance.json").write_text(json.dumps({"kind": "eval"}))
+    with FileLock(predictions / "scanrefer.jsonl.lock", "an evaluation appending to it"):
+        with pytest.raises(LockedError, match=rf"predictions file .*scanrefer.jsonl is in use by process "
+                                              rf"{os.getpid()}"):
+            open_run(out, cfg, resume=False, overwrite=True, warn=print)
+        assert (checkpoints / "step_000002").is_dir() and (predictions / "scanrefer.jsonl").is_file()  # untouched
+    assert open_run(out, cfg, resume=False, overwrite=True, warn=print) == 0
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["Qwen2-VL-2B", "vggt_1b.pt"]
+    assert (checkpoints / "vggt_1b.pt").read_bytes() == b"the user's teacher weights"
+    assert (checkpoints / "Qwen2-VL-2B" / "config.json").is_file() and (out / "notes.txt").is_file()
+    assert not (out / "eval").exists() and not (out / "train_log.jsonl").exists()
+    assert not (out / "provenance.json").exists()  # written again once the data is checked (check_run_data)
+    (checkpoints / "vggt_1b.pt").unlink()
+    shutil.rmtree(checkpoints / "Qwen2-VL-2B")
+    (checkpoints / "step_000002").mkdir()
+    assert open_run(out, cfg, resume=False, overwrite=True, warn=print) == 0 and not checkpoints.exists()
+    (out / "provenance.json").write_text(json.dumps({"kind": "eval"}))  # an evaluation folder, not a run's
+    with pytest.raises(ProvenanceError, match=r"provenance.json: a record of kind 'eval', not a training run's"):
+        open_run(out, cfg, resume=False, overwrite=True, warn=print)
+    assert (out / "provenance.json").is_file()

@@ -160,3 +160,20 @@ def test_a_changed_label_table_refuses_the_scanrefer_predictions_it_labelled(tra
     table.write_text(table.read_text() + table.read_text().splitlines()[-1] + "\n")  # one more row
     with pytest.raises(ProvenanceError, match=r"scannetv2-labels\.combined\.tsv"):
         evaluate(make_config(root, work, *only), run_dir=run, progress=False)
+
+
+def test_overwrite_never_clears_a_training_runs_folder(tmp_path):
+    """`threedrs eval --out <run folder> --overwrite` must not delete the training run's record."""
+    from threedrs.eval_folder import open_eval
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "provenance.json").write_text(json.dumps({"kind": "train", "config": {"train.steps": 4}}))
+    with pytest.raises(ProvenanceError, match=r"provenance.json: a record of kind 'train', not an evaluation's"):
+        open_eval(run, {"kind": "eval", "benchmarks": {}}, overwrite=True)
+    assert json.loads((run / "provenance.json").read_text())["kind"] == "train"
+    with pytest.raises(ProvenanceError, match=r"kind: recorded 'train', this run has 'eval'"):
+        open_eval(run, {"kind": "eval", "benchmarks": {}})
+    (run / "provenance.json").write_text("{damaged")  # unreadable: --overwrite is the remedy it names
+    open_eval(run, {"kind": "eval", "benchmarks": {}}, overwrite=True)
+    assert json.loads((run / "provenance.json").read_text())["kind"] == "eval"

@@ -289,6 +289,22 @@ def test_overwrite_starts_the_cache_afresh(dataset):
     assert summary.written == TRAIN + VAL and FeatureCache(dataset.parent / "cache").spec.channels == 32
 
 
+def test_overwrite_deletes_nothing_from_a_folder_that_is_not_a_cache(dataset):
+    folder = dataset.parent / "cache"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"someone's weights")
+    with pytest.raises(CacheError, match=rf"{folder}: not a threedrs feature cache .*deletes nothing"):
+        extract(config(dataset), overwrite=True)
+    (folder / "manifest.json").write_text(json.dumps({"format": "another program's"}))
+    with pytest.raises(CacheError, match=r"manifest.json is another program's"):
+        extract(config(dataset), overwrite=True)
+    assert (folder / "model.safetensors").read_bytes() == b"someone's weights"
+    (folder / "model.safetensors").unlink()
+    (folder / "manifest.json").unlink()
+    (folder / "frame_lists.json").write_text("{}")  # training without a teacher writes only its frame lists here
+    assert extract(config(dataset), overwrite=True).written == TRAIN + VAL
+
+
 def test_a_live_writers_temporary_file_is_left_alone_and_its_scene_skipped(dataset, capsys):
     cfg = config(dataset)
     cache = dataset.parent / "cache"

@@ -12,8 +12,9 @@ Before a run appends to a folder, `open_eval` compares the folder's record with 
 config values that change predictions, the checkpoint's sha256 and the proposals file must be equal, and so must
 each benchmark's entry that the folder already holds (split, limit, sample ids, annotation files, scene files).
 A difference is refused naming the fields, unless ``--overwrite``, which deletes the predictions, metrics and
-record first. Benchmarks new to the folder are added to the record. Scoring reads the recorded sample ids and
-rejects any other id (`threedrs.scoring`).
+record first (never in a folder whose record is not an evaluation's, nor while another process writes a
+predictions file). Benchmarks new to the folder are added to the record. Scoring reads the recorded sample ids
+and rejects any other id (`threedrs.scoring`).
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from pathlib import Path
 
 from threedrs.config import ExperimentConfig
 from threedrs.locking import FileLock
-from threedrs.provenance import (ProvenanceError, code_version, config_fields, file_sha256, read_record,
+from threedrs.provenance import (RECORD, ProvenanceError, code_version, config_fields, file_sha256, read_record,
                                  refuse_if_different, relative_path, scene_digest, write_record)
 
-__all__ = ["eval_record", "open_eval", "recorded_ids"]
+__all__ = ["clear_eval_folder", "eval_record", "open_eval", "recorded_ids"]
 
 _REMEDY = "pass --overwrite to delete its predictions and evaluate afresh, or write to another folder (--out)"
 
@@ -70,12 +71,36 @@ def eval_record(cfg: ExperimentConfig, checkpoint: dict, samples: dict[str, list
 
 
 def _clear(run: Path) -> None:
-    """Delete what an evaluation wrote; LockedError (naming the holder) while another process appends to a file."""
-    for lock in sorted((run / "predictions").glob("*.jsonl.lock")) if (run / "predictions").is_dir() else []:
+    """Delete what an evaluation wrote; LockedError (naming the holder) while another process appends to a file,
+    ProvenanceError when the folder's record is not an evaluation's (a training run's folder, say). Nothing is
+    deleted unless every check passes. The caller holds the folder's ``.lock``."""
+    try:
+        stored = read_record(run)
+    except ProvenanceError:
+        stored = None  # an unreadable record: --overwrite is the remedy its message gives
+    if stored is not None and stored.get("kind") != "eval":
+        raise ProvenanceError(f"{run / RECORD}: a record of kind {stored.get('kind')!r}, not an evaluation's: "
+                              f"--overwrite deletes only an evaluation's files; evaluate into another folder (--out)")
+    locks = sorted((run / "predictions").glob("*.jsonl.lock")) if (run / "predictions").is_dir() else []
+    for lock in locks:
         FileLock(lock, f"the predictions file {lock.with_suffix('')}").acquire().release()
     shutil.rmtree(run / "predictions", ignore_errors=True)
-    for name in ("metrics.json", "metrics.md", "provenance.json"):
+    for name in ("metrics.json", "metrics.md", RECORD):
         (run / name).unlink(missing_ok=True)
+
+
+def clear_eval_folder(run: Path) -> None:
+    """What ``threedrs eval --overwrite`` deletes (predictions, metrics, record; see `_clear` for the refusals),
+    under the folder's lock; the folder itself is removed when nothing else is left in it (`threedrs train
+    --overwrite` clears the run's ``eval/`` so)."""
+    run = Path(run)
+    if not run.is_dir():
+        return
+    with FileLock(run / ".lock", f"the evaluation folder {run}").acquire(wait=30.0):
+        _clear(run)
+        if [p.name for p in run.iterdir()] == [".lock"]:
+            (run / ".lock").unlink()
+            run.rmdir()
 
 
 def open_eval(run: Path, record: dict, overwrite: bool = False) -> None:

@@ -12,7 +12,8 @@
 Rules, applied by the main process before any model is built (`open_run`) and once the data is read
 (`check_run_data`):
 - without ``--resume``, a folder that already holds a run (checkpoints, log or record) is refused unless
-  ``--overwrite``, which deletes what threedrs wrote there (the list above) and starts afresh;
+  ``--overwrite``, which deletes what threedrs wrote there (the list above: ``checkpoints/step_*`` only, and
+  ``eval/`` through its own locks) and starts afresh;
 - with ``--resume``, the stored record must equal this run's, field by field, else the run is refused naming
   the fields (or started afresh with ``--overwrite``); the newest usable checkpoint is chosen (damaged newer ones
   are renamed ``*.damaged`` with a warning) and train_log.jsonl is cut back to its step;
@@ -30,13 +31,13 @@ from pathlib import Path
 
 from threedrs.checkpoint import resume_point, set_aside, step_folders
 from threedrs.config import ExperimentConfig, dump_yaml
+from threedrs.eval_folder import clear_eval_folder
 from threedrs.json_files import write_atomic
 from threedrs.provenance import (RECORD, ProvenanceError, code_version, config_fields, digest, file_sha256, names,
                                  read_record, refuse_if_different, scene_digest, write_record)
 
 __all__ = ["RunFolderError", "check_run_data", "cut_log", "open_run"]
 
-OUTPUTS = ("checkpoints", "train_log.jsonl", "config.yaml", RECORD, "eval")
 LOG = "train_log.jsonl"
 
 
@@ -59,12 +60,29 @@ def _holdings(out: Path) -> list[str]:
 
 
 def _clear(out: Path) -> None:
-    for name in OUTPUTS:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    """Delete what a training run wrote into ``out`` and nothing else: the checkpoint folders
+    (``checkpoints/step_*``, their ``.tmp`` and ``.damaged`` ones; ``checkpoints/`` itself only when that leaves
+    it empty, since configs keep weights there too when output_dir is "."), the log, config.yaml, the record, and
+    the evaluation folder ``eval/`` through `clear_eval_folder` (its locks and its own refusals). Every refusal
+    comes before anything is deleted."""
+    try:
+        stored = read_record(out)
+    except ProvenanceError:
+        stored = None  # an unreadable record: --overwrite is the remedy its message gives
+    if stored is not None and stored.get("kind") != "train":
+        raise RunFolderError(f"{out / RECORD}: a record of kind {stored.get('kind')!r}, not a training run's: "
+                             f"--overwrite deletes only a training run's files; choose another output_dir")
+    clear_eval_folder(out / "eval")
+    checkpoints = out / "checkpoints"
+    for folder in sorted(checkpoints.glob("step_*")) if checkpoints.is_dir() else []:
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)
+        else:
+            folder.unlink()
+    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()
+    for name in (LOG, "config.yaml", RECORD):
+        (out / name).unlink(missing_ok=True)
 
 
 def cut_log(path: Path, step: int) -> None:

@@ -20,7 +20,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from threedrs import __version__
-from threedrs.json_files import write_atomic, write_json_atomic
+from threedrs.json_files import read_json_file, write_atomic, write_json_atomic
 from threedrs.locking import FileLock, LockedError
 from threedrs.teachers.cache import (FORMAT, FORMAT_VERSION, FRAME_LISTS, MANIFEST, SUFFIX, VALIDITY_RULE,
                                      CacheError, CacheMismatchError, CacheSpec, CorruptCacheFileError,
@@ -38,10 +38,24 @@ class DiskFullError(CacheError):
 
 
 def clear_cache(directory: str | Path) -> None:
-    """Delete what `threedrs extract` wrote into ``directory`` (scene files, temporaries, manifest, frame lists)."""
+    """Delete what `threedrs extract` wrote into ``directory`` (scene files, temporaries, manifest, frame lists).
+
+    Scene files are deleted only from a threedrs cache: a folder holding ``*.safetensors`` files without a
+    readable threedrs manifest is refused (CacheError naming it), so ``teacher.cache_dir`` pointed at a model
+    folder by mistake loses nothing. LockedError while another process extracts into it.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return
+    if any(SUFFIX in p.name for p in directory.iterdir()):
+        try:
+            manifest = read_json_file(directory / MANIFEST, CacheError, expect=dict)
+        except CacheError as exc:
+            raise CacheError(f"{directory}: not a threedrs feature cache ({exc}), so --overwrite deletes nothing "
+                             f"there; point teacher.cache_dir at the cache, or delete the folder yourself") from None
+        if manifest.get("format") != FORMAT:
+            raise CacheError(f"{directory}: not a threedrs feature cache ({MANIFEST} is another program's), so "
+                             f"--overwrite deletes nothing there; point teacher.cache_dir at the cache")
     with FileLock(directory / ".lock", f"the feature cache {directory}").acquire(_LOCK_WAIT):
         busy = [p.stem for p in (directory / ".locks").glob("*.lock")] if (directory / ".locks").is_dir() else []
         for scene in busy:
