@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from threedrs.checkpoint import (CheckpointError, UntrustedCheckpointError, model_sha256, read_model_weights,
-                                 verify_checkpoint)
+from threedrs.checkpoint import (CheckpointError, CorruptCheckpointError, UntrustedCheckpointError, model_sha256,
+                                 read_model_weights, verify_checkpoint)
 from threedrs.checkpoint_state import load_optimizer, load_rng, save_optimizer, save_rng
 from threedrs.config import load_config
 from threedrs.extract import extract
 from threedrs.locking import FileLock, LockedError
-from threedrs.provenance import ProvenanceError
+from threedrs.provenance import ProvenanceError, file_sha256
 from threedrs.teachers.cache import CacheMismatchError
 from threedrs.train import train
 
@@ -77,7 +77,8 @@ def test_checkpoint_holds_only_safetensors_and_json(work):
                      "scheduler.json", "state.json"]
     state = verify_checkpoint(folder)
     assert state["step"] == 4 and state["format"] == "threedrs-checkpoint" and not state["sharded"]
-    assert state["files"]["model.safetensors"]["sha256"] == model_sha256(folder)
+    assert state["files"]["model.safetensors"]["sha256"] == file_sha256(folder / "model.safetensors")
+    assert model_sha256(folder) == file_sha256(folder / "model.safetensors")
     assert json.loads((folder / "scheduler.json").read_text())["last_epoch"] == 4
     assert not list((work_dir / "full" / "checkpoints").glob("*.tmp"))
 
@@ -308,3 +309,21 @@ def test_overwrite_deletes_only_what_a_training_wrote(tmp_path):
     with pytest.raises(ProvenanceError, match=r"provenance.json: a record of kind 'eval', not a training run's"):
         open_run(out, cfg, resume=False, overwrite=True, warn=print)
     assert (out / "provenance.json").is_file()
+
+
+def test_model_sha256_never_skips_its_check_because_state_json_is_damaged(tmp_path):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "step_000002"
+    folder.mkdir()
+    save_file({"w": torch.arange(6.0)}, str(folder / "model.safetensors"))
+    actual = file_sha256(folder / "model.safetensors")
+    assert model_sha256(folder) == actual  # no state.json: nothing recorded to compare with
+    (folder / "state.json").write_text(json.dumps({"step": 2}))  # pre-format state.json: records no checksum
+    assert model_sha256(folder) == actual
+    (folder / "state.json").write_text(json.dumps({"files": {"model.safetensors": {"sha256": "0" * 64}}}))
+    with pytest.raises(CorruptCheckpointError, match="content does not match the sha256 in state.json"):
+        model_sha256(folder)
+    (folder / "state.json").write_text('{"files": {"model.safetensors": {"sha256": "0')  # cut short
+    with pytest.raises(CorruptCheckpointError, match=r"state.json: not valid JSON"):
+        model_sha256(folder)

@@ -352,7 +352,10 @@ def test_benchmark_list_and_metrics_file_errors(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no such metrics file"):
         load_metrics(tmp_path / "metrics.json")
     (tmp_path / "metrics.json").write_text("{")
-    with pytest.raises(ValueError, match=r"metrics\.json: malformed JSON"):
+    with pytest.raises(ValueError, match=r"metrics\.json: not valid JSON"):  # the one JSON reader's words
+        load_metrics(tmp_path / "metrics.json")
+    (tmp_path / "metrics.json").write_bytes(b'{"benchmarks": "\xff"}')  # not UTF-8: one line, not a decode traceback
+    with pytest.raises(ValueError, match=r"metrics\.json: not valid JSON"):
         load_metrics(tmp_path / "metrics.json")
     (tmp_path / "metrics.json").write_text('{"scanqa": {}}')
     with pytest.raises(ValueError, match=r"metrics\.json: not a metrics file"):

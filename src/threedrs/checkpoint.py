@@ -42,8 +42,8 @@ from threedrs.pickle_guard import UntrustedCheckpointError, check_pickles
 from threedrs.provenance import file_sha256
 
 __all__ = ["CheckpointError", "CorruptCheckpointError", "UntrustedCheckpointError", "load_checkpoint",
-           "model_sha256", "newest_checkpoint", "read_model_weights", "resume_point", "save_checkpoint",
-           "set_aside", "step_folders", "verify_checkpoint"]
+           "load_model_weights", "model_sha256", "newest_checkpoint", "read_model_weights", "resume_point",
+           "save_checkpoint", "set_aside", "step_folders", "verify_checkpoint"]
 
 FORMAT = "threedrs-checkpoint"
 VERSION = 1
@@ -159,7 +159,7 @@ def _fsync(path: Path) -> None:
 
 def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The state dict with each tensor stored once: a key that views the same memory as an earlier key (tied
-    embeddings) is dropped; `load_checkpoint` and `evaluate.load_task` accept it missing."""
+    embeddings) is dropped; `load_model_weights` accepts it missing."""
     seen: set[tuple] = set()
     out = {}
     for key, tensor in state.items():
@@ -228,7 +228,7 @@ def load_checkpoint(accelerator, task, optimizer, scheduler, folder: Path, state
         check_pickles(folder, sorted(state["files"]))
         accelerator.load_state(str(folder))
     else:
-        _load_weights(accelerator.unwrap_model(task), read_model_weights(folder), folder / MODEL)
+        load_model_weights(accelerator.unwrap_model(task), read_model_weights(folder), folder / MODEL)
         optimizer.load_state_dict(load_optimizer(folder / OPTIMIZER, folder / OPTIMIZER_JSON, optimizer.param_groups))
         if accelerator.scaler is not None:
             if not (folder / SCALER).is_file():
@@ -256,22 +256,28 @@ def read_model_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def model_sha256(folder: Path) -> str:
-    """sha256 of ``model.safetensors``, checked against the checksum state.json recorded when it was saved."""
+    """sha256 of ``model.safetensors``, checked against the checksum state.json recorded when it was saved.
+
+    Without state.json, or with one that records no checksum of it (a sharded or pre-format checkpoint), there is
+    nothing to compare with; a state.json that cannot be read raises CorruptCheckpointError naming it (the check
+    is never skipped silently)."""
     path = Path(folder) / MODEL
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: not a training checkpoint (no {MODEL})")
     actual = file_sha256(path)
-    try:
-        recorded = json.loads((Path(folder) / STATE).read_text())["files"][MODEL]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        recorded = None  # a folder without our state.json: nothing recorded to compare with
+    state = read_json_file(Path(folder) / STATE, CorruptCheckpointError) if (Path(folder) / STATE).is_file() else {}
+    files = state.get("files") if isinstance(state, dict) else None
+    entry = files.get(MODEL) if isinstance(files, dict) else None
+    recorded = entry.get("sha256") if isinstance(entry, dict) else None
     if recorded is not None and recorded != actual:
         raise CorruptCheckpointError(f"{path}: content does not match the sha256 in {STATE} (damaged)")
     return actual
 
 
-def _load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
-    """Load a full state dict; keys may be missing only where they alias a loaded tensor (tied weights)."""
+def load_model_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """Load a full state dict saved by `save_checkpoint` (``path``: its file, for messages); keys may be missing
+    only where they alias a loaded tensor (tied weights, which the checkpoint stores once). CheckpointError
+    naming the missing and unexpected keys otherwise."""
     result = model.load_state_dict(weights, strict=False)
     live = model.state_dict()
     loaded = {(t.data_ptr(), tuple(t.shape)) for k, t in live.items() if k in weights}

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from threedrs.eval_folder import recorded_ids
-from threedrs.json_files import write_atomic
+from threedrs.json_files import read_json_file, write_atomic
 from threedrs.metrics.captioning import MeteorSession, scan2cap_cider_per_sample, scan2cap_scores
 from threedrs.metrics.grounding import multi3drefer_f1, multi3drefer_f1_per_query, scanrefer_accuracy, scanrefer_hits
 from threedrs.metrics.qa import refined_em, scanqa_scores, sqa3d_scores
@@ -178,10 +178,7 @@ def load_metrics(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such metrics file")
-    try:
-        metrics = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: malformed JSON ({error.msg} at line {error.lineno})") from None
+    metrics = read_json_file(path, ValueError)
     if not isinstance(metrics, dict) or not isinstance(metrics.get("benchmarks"), dict):
         raise ValueError(f"{path}: not a metrics file (no 'benchmarks' object)")
     return _from_json(metrics)
