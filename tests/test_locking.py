@@ -9,7 +9,16 @@ import sys
 
 import pytest
 
-from threedrs.locking import FileLock, LockedError, describe_holder, is_locked
+from threedrs.locking import FileLock, LockedError, describe_holder
+
+
+def is_locked(path) -> bool:
+    """True when some holder has the lock on ``path``: a second FileLock (another open file) cannot take it."""
+    try:
+        FileLock(path, "probe").acquire().release()
+    except LockedError:
+        return True
+    return False
 
 
 def test_second_taker_is_refused_naming_the_holder(tmp_path):

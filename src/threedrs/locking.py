@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["FileLock", "LockedError", "describe_holder", "is_locked"]
+__all__ = ["FileLock", "LockedError", "describe_holder"]
 
 
 class LockedError(RuntimeError):
@@ -38,10 +38,6 @@ class FileLock:
         self.path = Path(path)
         self.what = what
         self._handle = None
-
-    @property
-    def held(self) -> bool:
-        return self._handle is not None
 
     def acquire(self, wait: float = 0.0) -> FileLock:
         """Take the lock, waiting up to ``wait`` seconds; LockedError naming the holder when it stays taken."""
@@ -93,17 +89,3 @@ def describe_holder(path: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         return "another process"
 
-
-def is_locked(path: Path) -> bool:
-    """True when some process holds a flock on ``path`` right now (a missing file is not locked)."""
-    try:
-        handle = open(path, "rb")
-    except FileNotFoundError:
-        return False
-    with handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-        return False
