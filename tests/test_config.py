@@ -107,6 +107,11 @@ def test_explicit_keys_name_the_leaves_of_file_and_overrides(tmp_path):
     keys = explicit_keys(path, ["data.frames=4", "correspondence={voxel: 0.2}"])
     assert keys == {"name", "probe.posenc", "probe.layers", "data.frames", "correspondence.voxel"}
     assert explicit_keys() == set()
+    path.write_text("- not a mapping\n")  # the same one-line errors as load_config, not an AttributeError
+    with pytest.raises(ConfigError, match=r"c.yaml: the top level must be a mapping of sections, got list"):
+        explicit_keys(path)
+    with pytest.raises(ConfigError, match="config file not found"):
+        explicit_keys(tmp_path / "missing.yaml")
 
 
 def test_recall_settings_in_the_provenance_records():

@@ -21,6 +21,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
     Raises ConfigError with the offending key for unknown keys, wrong types and failed checks.
     """
+    cfg = from_dict(ExperimentConfig, _given_values(path, overrides))
+    validate(cfg)
+    return cfg
+
+
+def explicit_keys(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> set[str]:
+    """The dotted keys (``probe.posenc``) that a YAML file and ``key=value`` overrides set; a section given as a
+    mapping names each of its leaves. Bad files and overrides raise ConfigError as in `load_config`."""
+
+    def leaves(node: dict[str, Any], prefix: str) -> set[str]:
+        out = set()
+        for key, value in node.items():
+            out |= leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+        return out
+
+    return leaves(_given_values(path, overrides), "")
+
+
+def _given_values(path: str | Path | None, overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """The nested values a YAML file (None: none) and ``key=value`` overrides give, before conversion;
+    ConfigError naming the file or the override when one cannot be read."""
     values: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -38,28 +59,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(values, key, value)
-    cfg = from_dict(ExperimentConfig, values)
-    validate(cfg)
-    return cfg
-
-
-def explicit_keys(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> set[str]:
-    """The dotted keys (``probe.posenc``) that a YAML file and ``key=value`` overrides set; a section given as a
-    mapping names each of its leaves. Call after `load_config` has accepted the same arguments."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    for item in overrides:
-        key, value = parse_override(item)
-        _set_dotted(values, key, value)
-
-    def leaves(node: dict[str, Any], prefix: str) -> set[str]:
-        out = set()
-        for key, value in node.items():
-            out |= leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
-        return out
-
-    return leaves(values, "")
+    return values
 
 
 def parse_override(item: str) -> tuple[str, Any]:
