@@ -1,8 +1,8 @@
 """Benchmark: training step time WITH the 3DRS alignment loss over step time WITHOUT it, same model, same batch;
 or (--compare precision) float32 master weights with bf16 autocast over plain float32.
 
-One run builds ONE adapter and two `AlignTask`s around it: "align" (l2norm loss against the cached geometry-teacher
-features, one head on the last layer) and "baseline" (align.loss none). Both share one AdamW optimizer (the
+One run builds ONE adapter and two `AlignTask`s around it (only "align" with --compare precision): "align" (l2norm
+loss against the cached geometry-teacher features, one head on the last layer) and "baseline" (align.loss none). Both share one AdamW optimizer (the
 parameters a step leaves without gradient are skipped by AdamW, so the baseline never pays for the head). After
 --warmup steps of each, --steps steps of each are timed INTERLEAVED (align, baseline, baseline, align, ...) on the
 same prepared batch (already collated and on the device); a timed step is forward + backward + optimizer step +
@@ -134,11 +134,11 @@ class Setup:
     """Everything one benchmark run times: the two tasks around one adapter, their optimizer, one batch."""
 
     align: AlignTask
-    baseline: AlignTask
+    baseline: AlignTask | None  # None for --compare precision, which times the align task only
     optimizer: torch.optim.Optimizer
     batch: Batch
     cached: TrainingData
-    uncached: TrainingData
+    uncached: TrainingData | None  # None for --compare precision (no data-loading comparison)
     tokens: int  # sequence tokens (attention mask ones) per batch
 
 
@@ -160,18 +160,20 @@ def build(args: argparse.Namespace, work: Path, device: torch.device) -> Setup:
         f"teacher.grid=[{rows},{cols}]", f"teacher.channels={args.teacher_channels or size['channels']}",
         f"teacher.batch_frames={args.frames}", f"model.image_size=[{size['image']},{size['image']}]"])
     extract(cfg)
+    precision = args.compare == "precision"
     cached = build_training_data(cfg, adapter)
-    uncached = build_training_data(replace(cfg, align=replace(cfg.align, loss="none")), adapter)
+    uncached = None if precision else build_training_data(replace(cfg, align=replace(cfg.align, loss="none")), adapter)
     torch.manual_seed(0)
     align = AlignTask(adapter, cached.teacher_channels, loss="l2norm")
-    baseline = AlignTask(adapter, None, loss="none")
-    dtype = torch.float32 if args.compare == "precision" else size["dtype"]  # master weights are float32
-    for task in (align, baseline):
+    baseline = None if precision else AlignTask(adapter, None, loss="none")
+    tasks = [align] if precision else [align, baseline]
+    dtype = torch.float32 if precision else size["dtype"]  # master weights are float32
+    for task in tasks:
         task.to(device=device, dtype=dtype).train()
     checkpointing = args.gradient_checkpointing if args.gradient_checkpointing is not None else args.size == "2b"
     if checkpointing:
         adapter.model.activation_checkpointing_enable()
-    params = {id(p): p for task in (align, baseline) for p in task.parameters() if p.requires_grad}
+    params = {id(p): p for task in tasks for p in task.parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(list(params.values()), lr=1e-6)
     picks = sample_batches(cached, args.batch or size["batch"], 1)[0]
     batch = cached.collate([cached.dataset[i] for i in picks]).to(device)
