@@ -3,6 +3,9 @@
 Layout of a cache directory (``teacher.cache_dir``)::
 
     manifest.json              what the cache holds (CacheSpec fields + source grid, package version, format)
+                               and "weights_files": {absolute path: [bytes, mtime_ns]} of the teacher's weight
+                               files when they were hashed into weights_checksum (training trusts the checksum
+                               while they keep both; `threedrs.teachers.base.expected_identity`)
     frame_lists.json           the frame list of every scene (data.sampling, data.frames): the ONE list that
                                `threedrs extract` and the student dataset both read (see `frame_lists_for`)
     <scene_id>.safetensors     tensors "tokens" [S, h, w, C] float16 and "valid" [S, h, w] bool; string
