@@ -263,6 +263,20 @@ def test_report_reuses_fresh_metrics_and_rescores_stale(tmp_path, monkeypatch) -
     assert len(calls) == 2 and "scanqa" in scoring.load_metrics(run / "metrics.json")["benchmarks"]
 
 
+def test_report_reuses_metrics_with_an_unscored_scanqa_test_file(tmp_path, monkeypatch) -> None:
+    """A ScanQA test-split file (no answers) is listed under metrics["unscored"]: fresh metrics still cover it."""
+    unanswered = [{**r, "answers": []} for r in SCANQA]
+    run = make_run(tmp_path / "run", {"scanqa": unanswered, "scanrefer": RUNS["3DRS"]["scanrefer"]})
+    eval_report.build_report({"a": run}, tmp_path / "out", meteor=False)
+    assert set(scoring.load_metrics(run / "metrics.json")["unscored"]) == {"scanqa"}
+    calls = []
+    real = scoring.score_run
+    monkeypatch.setattr(eval_report, "score_run", lambda *a, **k: calls.append(a) or real(*a, **k))
+    eval_report.build_report({"a": run}, tmp_path / "out", meteor=False)
+    eval_report.build_report({"a": run}, tmp_path / "out", meteor=True)  # no scored caption file needs METEOR
+    assert calls == []
+
+
 def test_report_without_scores_and_bad_arguments(tmp_path) -> None:
     run = make_run(tmp_path / "plain", {"sqa3d": SQA3D, "multi3drefer": [base(0, "mt", pred_boxes=[cube()],
                                                                                gt_boxes=[cube(), cube(3)],

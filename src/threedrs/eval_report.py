@@ -21,14 +21,14 @@ from threedrs.metrics.plots import plot_before_after, plot_quartiles, plot_train
 from threedrs.metrics.report import (MIN_QUARTILE_SAMPLES, aggregate_seeds, delta_table, markdown, quartiles,
                                      read_train_log, results_table)
 from threedrs.predictions import BENCHMARKS, predictions_path, read_predictions
-from threedrs.scoring import load_metrics, per_sample_values, score_run
+from threedrs.scoring import METEOR_BENCHMARKS, load_metrics, per_sample_values, score_run
 
 __all__ = ["build_report", "main_report"]
 
 
 def _run_metrics(run: Path, meteor: bool) -> dict:
-    """metrics.json when it is newer than every predictions file, readable and covers them all (with METEOR if
-    wanted), else a fresh :func:`threedrs.scoring.score_run`."""
+    """metrics.json when it is newer than every predictions file, readable and covers them all, scored or listed
+    as unscored (with METEOR if wanted), else a fresh :func:`threedrs.scoring.score_run`."""
     files = [predictions_path(run, b) for b in BENCHMARKS if predictions_path(run, b).is_file()]
     cached = run / "metrics.json"
     if files and cached.is_file() and cached.stat().st_mtime >= max(f.stat().st_mtime for f in files):
@@ -36,8 +36,9 @@ def _run_metrics(run: Path, meteor: bool) -> dict:
             metrics = load_metrics(cached)
         except ValueError:  # a damaged metrics.json is only a cache of the scores: score again
             return score_run(run, meteor=meteor)
-        wants_meteor = meteor and any(f.stem in ("scan2cap", "scanqa") for f in files)
-        if set(metrics["benchmarks"]) == {f.stem for f in files} and (metrics.get("meteor") or not wants_meteor):
+        wants_meteor = meteor and any(b in METEOR_BENCHMARKS for b in metrics["benchmarks"])
+        covered = set(metrics["benchmarks"]) | set(metrics.get("unscored", {}))  # unscored: ScanQA's test split
+        if covered == {f.stem for f in files} and (metrics.get("meteor") or not wants_meteor):
             return metrics
     return score_run(run, meteor=meteor)
 

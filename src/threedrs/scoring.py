@@ -25,6 +25,7 @@ from threedrs.predictions import (BENCHMARKS, PredictionsError, check_benchmark,
                                   read_predictions)
 
 __all__ = [
+    "METEOR_BENCHMARKS",
     "load_metrics",
     "main_score",
     "metrics_markdown",
@@ -34,7 +35,7 @@ __all__ = [
     "score_run",
 ]
 
-_CAPTION_BENCHMARKS = ("scan2cap", "scanqa")  # the ones with METEOR
+METEOR_BENCHMARKS = ("scan2cap", "scanqa")  # the ones with METEOR
 _TITLES = {"scanrefer": "ScanRefer", "multi3drefer": "Multi3DRefer", "scan2cap": "Scan2Cap", "scanqa": "ScanQA",
            "sqa3d": "SQA3D"}
 
@@ -223,7 +224,7 @@ def score_run(run_dir: str | Path, benchmarks: Sequence[str] | str | None = None
     unscored = {name: NO_ANSWERS for name in names
                 if not has_answers(name, records[name], str(predictions_path(run, name)))}
     names = [name for name in names if name not in unscored]
-    use_meteor = bool(meteor) and any(name in _CAPTION_BENCHMARKS for name in names)
+    use_meteor = bool(meteor) and any(name in METEOR_BENCHMARKS for name in names)
     with MeteorSession() if use_meteor else contextlib.nullcontext(False) as session:
         results = {name: score_benchmark(name, records[name], meteor=session) for name in names}
     metrics = {"benchmarks": results, "meteor": use_meteor} | ({"unscored": unscored} if unscored else {})
