@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from threedrs.data.instances import SceneDataError, read_ply_vertices
 from threedrs.data.scene import Scene, split_scene_ids
+from threedrs.geometry import depth_to_world, grid_footprints, token_world_points
 from scene_files import write_matrix, write_ply, write_scene
 
 
@@ -186,3 +188,19 @@ def test_repeated_seg_groups_keep_the_first_occurrence(tmp_path):
         objs = Scene(tmp_path, "scene0217_00").objects
     assert [(o.object_id, o.label) for o in objs] == [(0, "chair"), (1, "table")]
     np.testing.assert_allclose(objs[1].box, [2.5, 0.5, 1.0, 1.0, 1.0, 2.0], atol=1e-6)
+
+
+def test_token_points_of_a_frame_batch_equal_the_world_map_route(synthrooms_tiny):
+    """`FrameBatch.token_points` (the dataset's and both probes' route) gives the mean world point of the full
+    [S, Hd, Wd, 3] world map, on a SynthRooms scan whose depth is half the colour size (as ScanNet's)."""
+    scene_id = split_scene_ids(synthrooms_tiny, "train")[0]
+    scene = Scene(synthrooms_tiny, scene_id)
+    batch = scene.load_frames(scene.frame_ids)
+    height, width = batch.images.shape[-2:]
+    footprints = grid_footprints(height, width, 4, 5)
+    world, valid = depth_to_world(batch.depth.double(), batch.depth_K, batch.poses)
+    expected, expected_valid = token_world_points(world, valid, footprints, (height, width))
+    points, token_valid = batch.token_points(footprints)
+    assert points.dtype == torch.float64 and torch.equal(token_valid, expected_valid) and bool(token_valid.any())
+    torch.testing.assert_close(points[token_valid], expected[token_valid], rtol=0, atol=1e-9)
+    assert bool(points[~token_valid].isnan().all())

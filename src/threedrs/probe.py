@@ -49,7 +49,7 @@ from threedrs.data.sampling import first_views
 from threedrs.data.scene import FrameBatch, Scene, split_scene_ids
 from threedrs.evaluate import load_task
 from threedrs.extract import autocast_dtype, build_configured_teacher, encode_scene, extraction_scenes
-from threedrs.geometry import depth_to_world, grid_footprints, token_world_points
+from threedrs.geometry import grid_footprints
 from threedrs.metrics.correspondence import (
     CorrespondenceResult,
     DatasetCorrespondence,
@@ -173,11 +173,8 @@ def score_scene(features: Tensor, valid: Tensor, batch: FrameBatch, corr: Corres
         corr: voxel size (metres), variant, same-frame rule, recall settings.
         device: where to compute (None: the features' device).
     """
-    frames, rows, cols = features.shape[:3]
-    height, width = batch.images.shape[-2:]
-    world, depth_valid = depth_to_world(batch.depth.double(), batch.depth_K.double(), batch.poses.double())
-    points, point_valid = token_world_points(world, depth_valid, grid_footprints(height, width, rows, cols),
-                                             (height, width))
+    rows, cols = features.shape[1:3]
+    points, point_valid = batch.token_points(grid_footprints(*batch.images.shape[-2:], rows, cols))
     scored = point_valid & valid.cpu() & first_views(batch.frame_ids)[:, None, None]  # a repeated frame counts once
     return correspondence_score(features.float().to(device or features.device), points, scored,
                                 **corr.score_options())
@@ -383,9 +380,7 @@ def probe_model(cfg: ExperimentConfig, scenes: list[str] | None = None, progress
     for scene_id in tqdm(scene_ids, desc=f"probe {adapter.family}", unit="scene", disable=not progress):
         frame_ids = frame_lists(scene_id)
         batch = Scene(root, scene_id, cfg.data.axis_alignment).load_frames(frame_ids)
-        height, width = batch.images.shape[-2:]
-        world, depth_valid = depth_to_world(batch.depth.double(), batch.depth_K, batch.poses)
-        points, valid = token_world_points(world, depth_valid, adapter.footprints(height, width), (height, width))
+        points, valid = batch.token_points(adapter.footprints(*batch.images.shape[-2:]))
         points = torch.nan_to_num(points).float()  # as the training data: invalid tokens hold zeros
         offsets = _offsets(cfg, adapter, batch, points, valid).to(device) if p.posenc else None
         out = adapter(batch.images[None].to(device), [p.prompt], None, layers=tuple(p.layers), visual_offsets=offsets)

@@ -31,7 +31,6 @@ from threedrs.data.instances import SceneDataError
 from threedrs.data.sampling import FrameLists, first_views
 from threedrs.data.scene import Scene
 from threedrs.data.tasks import Sample
-from threedrs.geometry import depth_token_points
 from threedrs.pixel_blocks import PixelGrid, block_points, pixel_world
 
 
@@ -83,9 +82,7 @@ class SceneSampleDataset(Dataset):
         scene = self._scene(sample.scene_id)
         frame_ids = self.frame_lists(sample.scene_id)
         batch = scene.load_frames(frame_ids)
-        height, width = batch.images.shape[-2:]
-        points, token_valid = depth_token_points(batch.depth, batch.depth_K, batch.poses,
-                                                 self.footprints(height, width), (height, width))
+        points, token_valid = batch.token_points(self.footprints(*batch.images.shape[-2:]))
         item = {"sample": sample, "frames": batch.images, "token_points": torch.nan_to_num(points).float(),
                 "token_valid": token_valid, "first_view": first_views(frame_ids)}
         if self.pixel_grid is not None:

@@ -25,6 +25,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from threedrs.data.instances import ObjectBox, SceneDataError, read_instances
+from threedrs.geometry import depth_token_points
 
 DEPTH_SHIFT = 1000.0  # depth PNG units per metre (millimetres)
 
@@ -59,6 +60,20 @@ class FrameBatch:
     poses: torch.Tensor
     color_K: torch.Tensor
     depth_K: torch.Tensor
+
+    def token_points(self, footprints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean world point of the valid depth pixels inside each token's footprint (`geometry.depth_token_points`).
+
+        The one route from frames to token points: the training/evaluation dataset and both probes use it.
+
+        Args:
+            footprints: [h, w, 4] or [S, h, w, 4] int pixel boxes (x0, y0, x1, y1), half-open, in the colour image.
+        Returns:
+            points: [S, h, w, 3] float64 world points, metres (aligned frame); NaN for tokens without valid depth.
+            valid: [S, h, w] bool, True when the token has at least one valid depth pixel.
+        """
+        height, width = self.images.shape[-2:]
+        return depth_token_points(self.depth, self.depth_K, self.poses, footprints, (height, width))
 
 
 def read_matrix(path: Path, rows: int = 4) -> np.ndarray:
