@@ -66,6 +66,41 @@ def test_evaluate_all_benchmarks_writes_predictions_and_finite_scores(trained):
     assert (result.run_dir / "metrics.md").read_text().count("|") > 20
 
 
+def test_probe_measures_are_computed_once_per_scene(trained, tmp_path, monkeypatch):
+    """eval --probe: a scene's visual tokens precede every text that differs between its samples (prompt, answer,
+    Scan2Cap's <coord>), so its samples share their measures: computed once per scene, layer and benchmark, and
+    the probe's forward pass of a generation batch runs only when the batch holds a scene not measured yet."""
+    from threedrs import evaluate as evaluate_module
+    from threedrs.models.qwen2_vl import Qwen2VLAdapter
+
+    root, work = trained
+    cfg = make_config(root, work, "eval.benchmarks=[multi3drefer,scanqa]", "eval.limit=8", "eval.batch_size=2",
+                      "correspondence.recall=true")
+    scored, forwards = [], []
+    score, forward = evaluate_module.correspondence_score, Qwen2VLAdapter.forward
+    monkeypatch.setattr(evaluate_module, "correspondence_score", lambda *a, **k: scored.append(1) or score(*a, **k))
+    monkeypatch.setattr(Qwen2VLAdapter, "forward", lambda *a, **k: forwards.append(1) or forward(*a, **k))
+    result = evaluate(cfg, run_dir=tmp_path / "run", progress=False)
+    scenes = 0
+    for bench in ("multi3drefer", "scanqa"):
+        records = [json.loads(x) for x in (result.run_dir / "predictions" / f"{bench}.jsonl").read_text().splitlines()]
+        assert len(records) == 8
+        by_scene: dict[str, list[dict]] = {}
+        for r in records:
+            by_scene.setdefault(r["scene_id"], []).append(r)
+        scenes += len(by_scene)
+        for group in by_scene.values():
+            measures = [{k: r[k] for k in ("correspondence", "background", "contrast", "recall", "recall_chance",
+                                           "pairs")} for r in group]
+            assert all(m == measures[0] for m in measures)
+            assert any(v is not None for v in measures[0]["correspondence"].values())
+    assert scenes == 4  # the first 8 samples of each benchmark come from two val rooms (the test's premise)
+    assert len(scored) == scenes * 2  # two probed layers
+    # multi3drefer: 4 batches of 2, one forward each (grounding needs it); scanqa: its batches hold samples of
+    # scene0000_00 x 6 then scene0001_00 x 2, so only the first and the fourth batch run the probe's forward
+    assert len(forwards) == 4 + 2
+
+
 def test_rerun_skips_done_ids_and_redoes_a_cut_line(trained):
     root, work = trained
     cfg = make_config(root, work, "eval.benchmarks=[scanqa]")

@@ -9,13 +9,15 @@ to a predictions file (its lock names the holder). Eval prints which checkpoint 
 Grounding (ScanRefer, Multi3DRefer) scores the detector proposals of `eval.proposals` with the grounding
 head and applies V3D's prediction rules; Scan2Cap, ScanQA and SQA3D generate greedily (Scan2Cap's prompt box is
 the best proposal with IoU >= 0.5 to the object; without one the caption is empty). With `eval.probe` every
-line also records the sample's 3D-awareness score at `eval.probe_layers` (the correlation study). Scores are
+line also records the sample's 3D-awareness score at `eval.probe_layers` (the correlation study; computed once per
+scene, whose samples all have the same visual tokens: `_probe`). Scores are
 computed from the files by `threedrs.scoring.score_run`, the same code `threedrs score` runs. Every check scoring
 would make on the data runs before the model is built (`threedrs.data.preflight.prepare_evaluation`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -178,26 +180,41 @@ class PredictionsFile:
         self.close()
 
 
-def _probe(cfg: ExperimentConfig, hidden: dict[int, torch.Tensor], batch: Batch, i: int) -> dict:
+ProbeMemo = dict[str, dict]
+"""scene id -> the probe fields of its samples (`_probe`), within one benchmark's evaluation."""
+
+
+def _probe(cfg: ExperimentConfig, hidden: dict[int, torch.Tensor] | None, batch: Batch, i: int,
+           memo: ProbeMemo) -> dict:
     """Sample i's 3D-awareness at each probed layer: score ("correspondence"), "background" and "contrast" (and
     "recall" with "recall_chance" when correspondence.recall), each {layer: value or None}, and the pair count of
-    the last layer (the threedrs.scoring record format)."""
-    out: dict = {"correspondence": {}, "background": {}, "contrast": {}}
-    pairs = 0
-    for layer in cfg.eval.probe_layers:
-        r = correspondence_score(hidden[layer][i].float(), batch.token_points[i], batch.pair_valid[i],
-                                 **cfg.correspondence.score_options())
-        for key, value in (("correspondence", r.score), ("background", r.background), ("contrast", r.contrast)):
-            out[key][str(layer)] = None if r.pairs == 0 or not math.isfinite(value) else value
-        if r.recall is not None:
-            out.setdefault("recall", {})[str(layer)] = r.recall if math.isfinite(r.recall) else None
-            out["recall_chance"] = r.recall_chance if math.isfinite(r.recall_chance) else None
-        pairs = r.pairs
-    return out | {"pairs": pairs}
+    the last layer (the threedrs.scoring record format).
+
+    Computed once per scene and taken from ``memo`` for its other samples: the frames (one frame list per scene),
+    the token points and the position encoding are the scene's, and the visual tokens precede all text that
+    differs between samples (prompt, Scan2Cap's `<coord>`, the grounding answer) in every family's sequence;
+    these causal LLMs with right-padded forward passes therefore give every sample of a scene the same visual
+    states (equal up to float rounding across batches). ``hidden`` may be None when the scene is in ``memo``.
+    """
+    scene = batch.scene_ids[i]
+    if scene not in memo:
+        out: dict = {"correspondence": {}, "background": {}, "contrast": {}}
+        pairs = 0
+        for layer in cfg.eval.probe_layers:
+            r = correspondence_score(hidden[layer][i].float(), batch.token_points[i], batch.pair_valid[i],
+                                     **cfg.correspondence.score_options())
+            for key, value in (("correspondence", r.score), ("background", r.background), ("contrast", r.contrast)):
+                out[key][str(layer)] = None if r.pairs == 0 or not math.isfinite(value) else value
+            if r.recall is not None:
+                out.setdefault("recall", {})[str(layer)] = r.recall if math.isfinite(r.recall) else None
+                out["recall_chance"] = r.recall_chance if math.isfinite(r.recall_chance) else None
+            pairs = r.pairs
+        memo[scene] = out | {"pairs": pairs}
+    return copy.deepcopy(memo[scene])
 
 
 def _grounding_records(task: AlignTask, cfg: ExperimentConfig, batch: Batch, gt: dict,
-                       proposals: dict[str, torch.Tensor]) -> list[dict]:
+                       proposals: dict[str, torch.Tensor], memo: ProbeMemo) -> list[dict]:
     from threedrs.metrics.grounding import multi3drefer_prediction, scanrefer_prediction
 
     adapter = task.adapter
@@ -219,19 +236,19 @@ def _grounding_records(task: AlignTask, cfg: ExperimentConfig, batch: Batch, gt:
         else:
             rec |= {"pred_boxes": multi3drefer_prediction(scores, scene_boxes).tolist(), "gt_boxes": targets}
         if cfg.eval.probe:
-            rec |= _probe(cfg, out.visual.hidden, batch, i)
+            rec |= _probe(cfg, out.visual.hidden, batch, i, memo)
         records.append(rec)
     return records
 
 
-def _generation_records(task: AlignTask, cfg: ExperimentConfig, batch: Batch) -> list[dict]:
+def _generation_records(task: AlignTask, cfg: ExperimentConfig, batch: Batch, memo: ProbeMemo) -> list[dict]:
     adapter = task.adapter
     offsets = task.visual_offsets(batch)
     with token_embedding_offsets(adapter.model, task.coord_id, task.coord_offsets(batch)):
         texts = adapter.generate(batch.frames, batch.prompts, max_new_tokens=cfg.eval.max_new_tokens,
                                  visual_offsets=offsets)
         hidden = None
-        if cfg.eval.probe:
+        if cfg.eval.probe and any(scene not in memo for scene in batch.scene_ids):  # else no state is needed
             hidden = adapter(batch.frames, batch.prompts, None, layers=tuple(cfg.eval.probe_layers),
                              visual_offsets=offsets).visual.hidden
     records = []
@@ -245,8 +262,8 @@ def _generation_records(task: AlignTask, cfg: ExperimentConfig, batch: Batch) ->
             rec |= {"prediction": text, "answers": sample.answers}
         else:
             rec |= {"prediction": text, "answer": sample.answer, "question": sample.question}
-        if hidden is not None:
-            rec |= _probe(cfg, hidden, batch, i)
+        if cfg.eval.probe:
+            rec |= _probe(cfg, hidden, batch, i, memo)
         records.append(rec)
     return records
 
@@ -292,14 +309,15 @@ def _evaluate_benchmark(task: AlignTask, cfg: ExperimentConfig, prepared: Benchm
     device = task.adapter.model.get_input_embeddings().weight.device  # the batch goes where the model is
     bar = tqdm(total=len(samples), initial=len(samples) - len(pending), desc=f"eval {bench}", unit="sample",
                disable=not progress)
+    memo: ProbeMemo = {}  # eval.probe: each scene's measures, computed at its first sample (`_probe`)
     with torch.no_grad():
         for start in range(0, len(pending), e.batch_size):
             chunk = list(range(start, min(start + e.batch_size, len(pending))))
             batch = collate([dataset[k] for k in chunk]).to(device)
             if bench in GROUNDING:
-                records = _grounding_records(task, cfg, batch, gt, proposals)
+                records = _grounding_records(task, cfg, batch, gt, proposals, memo)
             else:
-                records = _generation_records(task, cfg, batch)
+                records = _generation_records(task, cfg, batch, memo)
             out.append(records)
             bar.update(len(chunk))
     bar.close()
