@@ -136,6 +136,30 @@ def test_cli_eval_score_and_report(trained, tmp_path, capsys):
     assert "a" in report and list((tmp_path / "rep").glob("*.png"))
 
 
+def test_chance_policy_makes_no_frame_list_and_needs_no_grounding_training_file(synthrooms_tiny, tmp_path):
+    """The chance level looks at no frame, so no frame list is made (under max_coverage that reads every depth
+    frame), and only Scan2Cap, ScanQA and SQA3D draw answers from a training split: without the grounding
+    benchmarks' training files it still runs."""
+    import shutil
+
+    from threedrs.data.tasks import benchmark_paths
+    from threedrs.evaluate import write_chance_predictions
+    from threedrs.teachers.cache import frame_lists_for
+
+    copy = tmp_path / "rooms"
+    shutil.copytree(synthrooms_tiny, copy)
+    for bench in ("scanrefer", "multi3drefer"):
+        benchmark_paths(copy, bench, "train")[0].unlink()
+    cfg = make_config(copy, tmp_path, "eval.benchmarks=[scanrefer,multi3drefer,sqa3d]", "data.sampling=max_coverage",
+                      "data.frames=3")
+    metrics = write_chance_predictions(cfg, tmp_path / "chance")
+    assert set(metrics["benchmarks"]) == {"scanrefer", "multi3drefer", "sqa3d"}
+    assert not frame_lists_for(cfg).path.exists()
+    answers = {s.answer for s in load_benchmark(copy, "sqa3d", "train")}
+    lines = (tmp_path / "chance" / "predictions" / "sqa3d.jsonl").read_text().splitlines()
+    assert len(lines) == 5 and all(json.loads(x)["prediction"] in answers for x in lines)
+
+
 def test_bad_checkpoint_and_missing_proposals(trained, tmp_path):
     root, work = trained
     with pytest.raises(FileNotFoundError, match="not a training checkpoint"):

@@ -34,12 +34,13 @@ _REMEDY = "pass --overwrite to delete its predictions and evaluate afresh, or wr
 
 
 def eval_record(cfg: ExperimentConfig, checkpoint: dict, samples: dict[str, list],
-                frame_lists: Callable[[str], list[str]]) -> dict:
+                frame_lists: Callable[[str], list[str]] | None) -> dict:
     """The record of an evaluation: ``checkpoint`` is {"path", "sha256"} (or a policy's description),
-    ``samples`` the Sample list of each benchmark (after eval.limit), ``frame_lists`` the run's frame lists.
+    ``samples`` the Sample list of each benchmark (after eval.limit), ``frame_lists`` the run's frame lists, or
+    None for a policy that looks at no frame (the chance level: no frame list is made, no frame fingerprinted).
 
-    Scene files (frames, intrinsics, alignment, instances) are fingerprinted by size and modification time and
-    kept as one digest per scene.
+    Scene files (the listed frames, intrinsics, alignment, instances) are fingerprinted by size and modification
+    time and kept as one digest per scene.
     """
     from threedrs.data.tasks import benchmark_paths
 
@@ -52,7 +53,8 @@ def eval_record(cfg: ExperimentConfig, checkpoint: dict, samples: dict[str, list
         ids = sorted({s.scene_id for s in items})
         for scene_id in ids:
             if scene_id not in scenes:
-                scenes[scene_id] = scene_digest(root, scene_id, frame_lists(scene_id), cfg.data.axis_alignment)
+                listed = frame_lists(scene_id) if frame_lists is not None else []
+                scenes[scene_id] = scene_digest(root, scene_id, listed, cfg.data.axis_alignment)
         files = benchmark_paths(root, bench, e.split)
         labels = root / cfg.data.label_map  # ScanRefer's unique / multiple labels come from it (data/labels.py)
         if bench == "scanrefer" and labels.is_file():

@@ -328,10 +328,10 @@ def write_chance_predictions(cfg: ExperimentConfig, run_dir: str | Path, seed: i
 
     Grounding: uniformly random scores over the proposals (+ the no-target entry) through the same prediction
     rules; Scan2Cap: a random training description (same detection rule as `evaluate`); ScanQA / SQA3D: a
-    uniformly random answer among the distinct training answers of the benchmark.
+    uniformly random answer among the distinct training answers of the benchmark. The policy looks at no frame
+    (no frame list is made) and reads a training split only for the three benchmarks that draw answers from it.
     """
     from threedrs.scoring import score_run
-    from threedrs.teachers.cache import frame_lists_for
 
     e = cfg.eval
     run = Path(run_dir)
@@ -339,10 +339,11 @@ def write_chance_predictions(cfg: ExperimentConfig, run_dir: str | Path, seed: i
     gen = torch.Generator().manual_seed(seed)
     inputs = prepare_evaluation(cfg, None)
     by_bench = {prepared.task: prepared.samples for prepared in inputs.benchmarks}
-    open_eval(run, eval_record(cfg, {"policy": "chance", "seed": seed}, by_bench, frame_lists_for(cfg)))
+    open_eval(run, eval_record(cfg, {"policy": "chance", "seed": seed}, by_bench, None))
     for prepared in inputs.benchmarks:
         bench = prepared.task
-        pool = sorted({a for s in load_benchmark(root, bench, "train", cfg.data.label_map) for a in s.answers})
+        pool = [] if bench in GROUNDING else sorted(
+            {a for s in load_benchmark(root, bench, "train", cfg.data.label_map) for a in s.answers})
         with PredictionsFile(run / "predictions" / f"{bench}.jsonl") as out:
             _append_chance(out, bench, prepared.samples, prepared.objects, pool, inputs.proposals.boxes, gen)
     return score_run(run, benchmarks=list(e.benchmarks), meteor=e.meteor)
@@ -360,8 +361,10 @@ def _append_chance(out: PredictionsFile, bench: str, samples: list, gt: dict, po
         ids, boxes = gt.get(s.scene_id, ([], None))  # objects are loaded for grounding and captioning
         targets = [boxes[ids.index(t)] for t in s.target_ids if t in ids]
         rec = {"id": s.id, "scene_id": s.scene_id, "question_type": s.question_type}
-        guess = pool[int(torch.randint(len(pool), (1,), generator=gen))] if pool else ""
         if bench in GROUNDING:
+            # no answer to draw, but the stream advances as by the answer draw every sample made before, so that a
+            # seed still gives the chance numbers it gave (BENCHMARKS.md's demo row)
+            torch.randint(1, (1,), generator=gen)
             cand = proposals[s.scene_id]
             scores = torch.rand(len(cand) + 1, generator=gen)
             rec["scores"] = scores.tolist()
@@ -370,12 +373,14 @@ def _append_chance(out: PredictionsFile, bench: str, samples: list, gt: dict, po
             else:
                 rec |= {"pred_boxes": multi3drefer_prediction(scores, cand).tolist(),
                         "gt_boxes": [t.tolist() for t in targets]}
-        elif bench == "scan2cap":
-            detected = best_proposal(targets[0], proposals.get(s.scene_id, torch.zeros(0, 6)))[0] is not None
-            rec |= {"prediction": guess if detected else "", "references": s.answers, "detected": detected}
-        elif bench == "scanqa":
-            rec |= {"prediction": guess, "answers": s.answers}
         else:
-            rec |= {"prediction": guess, "answer": s.answer, "question": s.question}
+            guess = pool[int(torch.randint(len(pool), (1,), generator=gen))] if pool else ""
+            if bench == "scan2cap":
+                detected = best_proposal(targets[0], proposals.get(s.scene_id, torch.zeros(0, 6)))[0] is not None
+                rec |= {"prediction": guess if detected else "", "references": s.answers, "detected": detected}
+            elif bench == "scanqa":
+                rec |= {"prediction": guess, "answers": s.answers}
+            else:
+                rec |= {"prediction": guess, "answer": s.answer, "question": s.question}
         records.append(rec)
     out.append(records)
