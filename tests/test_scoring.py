@@ -12,6 +12,7 @@ import pytest
 from pycocoevalcap.cider.cider import Cider
 
 from threedrs import scoring
+from threedrs.data.tasks import TASKS
 from threedrs.metrics import captioning
 from threedrs.metrics.captioning import scan2cap_scores
 from threedrs.metrics.grounding import multi3drefer_f1, scanrefer_accuracy
@@ -271,7 +272,7 @@ def test_score_run_writes_metrics_matching_direct_calls(tmp_path) -> None:
     before = {p.name: p.read_bytes() for p in (run / "predictions").iterdir()}
     metrics = score_run(run, meteor=False)
     expected = expected_metrics()
-    assert list(metrics["benchmarks"]) == list(scoring.BENCHMARKS) and metrics["meteor"] is False
+    assert list(metrics["benchmarks"]) == list(TASKS) and metrics["meteor"] is False
     got = dict(leaves(metrics["benchmarks"]))
     want = dict(leaves(expected))
     assert got.keys() == want.keys() and all(same(got[k], want[k]) for k in want)

@@ -59,7 +59,7 @@ def test_scan2cap_does_not_need_the_labels(tmp_path):
     ("name", r"ScanRefer_filtered_val.json: record 5: object_name 'door' is not a raw_category"),
     ("object_id", r"ScanRefer_filtered_val.json: record 2: object_id 'thirteen' is not a non-negative integer"),
     ("eval_type", r"ScanRefer_filtered_val.json: record 0: eval_type 'hard' is not one of"),
-    ("duplicate", r"ScanRefer_filtered_val.json: records 0 and 1 have the same id 'scene0011_00\|12\|0'"),
+    ("duplicate", r"ScanRefer_filtered_val.json: records 0 and 1 have the same scanrefer id 'scene0011_00\|12\|0'"),
 ])
 def test_bad_scanrefer_input_is_named_at_load(tmp_path, change, match):
     records = [dict(r) for r in SCANREFER_VAL]
@@ -202,3 +202,21 @@ def test_bad_annotation_files(tmp_path):
     write(base / "v1_balanced_sqa_annotations_val_scannetv2.json", {"annotations": []})
     with pytest.raises(SceneDataError, match=r"question 5 \(record 0\) has no annotation"):
         load_benchmark(tmp_path, "sqa3d", "val")
+
+
+def test_llava_style_question_types_follow_the_benchmark_rules(tmp_path):
+    """The processed files' metadata.question_type obeys the rules of the official readers and the predictions
+    files (one check, `check_question_type`): a known type of the task, and Multi3DRefer's zero-target types
+    exactly for queries without a target."""
+    cases = [(llava_multi3drefer(0, "scene0025_00", [3], "the black chair.", "zt_w_d"),
+              r"record 0: metadata.question_type 'zt_w_d' with 1 metadata.object_id"),
+             (llava_multi3drefer(0, "scene0025_00", [], "the black chair.", "st_w_d"),
+              r"record 0: metadata.question_type 'st_w_d' with 0 metadata.object_id"),
+             (llava_scanrefer(0, "scene0011_00", "12", "a cabinet.", "hard"),
+              r"record 0: metadata.question_type 'hard' is not one of \('unique', 'multiple'\)")]
+    for record, message in cases:
+        write(tmp_path / "bad.json", [record])
+        with pytest.raises(SceneDataError, match=message):
+            read_llava_style(tmp_path / "bad.json")
+    write(tmp_path / "good.json", [llava_multi3drefer(0, "scene0025_00", [], "the black chair.", "zt_wo_d")])
+    assert read_llava_style(tmp_path / "good.json")[0].target_ids == []

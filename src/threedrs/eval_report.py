@@ -15,12 +15,13 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from threedrs.data.tasks import TASKS
 from threedrs.metrics.awareness import (LABELS, finite_mean, measure_values, number, quartile_table, runs_table,
                                         separation_lines)
 from threedrs.metrics.plots import plot_before_after, plot_quartiles, plot_training_curves
 from threedrs.metrics.report import (MIN_QUARTILE_SAMPLES, aggregate_seeds, delta_table, markdown, quartiles,
                                      read_train_log, results_table)
-from threedrs.predictions import BENCHMARKS, predictions_path, read_predictions
+from threedrs.predictions import predictions_path, read_predictions
 from threedrs.scoring import METEOR_BENCHMARKS, load_metrics, per_sample_values, score_run
 
 __all__ = ["build_report", "main_report"]
@@ -29,7 +30,7 @@ __all__ = ["build_report", "main_report"]
 def _run_metrics(run: Path, meteor: bool) -> dict:
     """metrics.json when it is newer than every predictions file, readable and covers them all, scored or listed
     as unscored (with METEOR if wanted), else a fresh :func:`threedrs.scoring.score_run`."""
-    files = [predictions_path(run, b) for b in BENCHMARKS if predictions_path(run, b).is_file()]
+    files = [predictions_path(run, b) for b in TASKS if predictions_path(run, b).is_file()]
     cached = run / "metrics.json"
     if files and cached.is_file() and cached.stat().st_mtime >= max(f.stat().st_mtime for f in files):
         try:

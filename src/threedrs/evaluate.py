@@ -35,15 +35,13 @@ from threedrs.data.batch import Batch, collate
 from threedrs.data.dataset import Candidates, SceneSampleDataset, pixel_options
 from threedrs.data.instances import SceneDataError
 from threedrs.data.preflight import BenchmarkInputs, prepare_evaluation
-from threedrs.data.tasks import load_benchmark
+from threedrs.data.tasks import GROUNDING_TASKS, load_benchmark
 from threedrs.eval_folder import eval_record, open_eval
 from threedrs.locking import FileLock
 from threedrs.metrics.correspondence import correspondence_score
 from threedrs.models.base import token_embedding_offsets
 from threedrs.models.loading import Placement, compute_device, inference_placement
 from threedrs.provenance import file_sha256
-
-GROUNDING = ("scanrefer", "multi3drefer")
 
 
 @dataclass
@@ -314,7 +312,7 @@ def _evaluate_benchmark(task: AlignTask, cfg: ExperimentConfig, prepared: Benchm
         for start in range(0, len(pending), e.batch_size):
             chunk = list(range(start, min(start + e.batch_size, len(pending))))
             batch = collate([dataset[k] for k in chunk]).to(device)
-            if bench in GROUNDING:
+            if bench in GROUNDING_TASKS:
                 records = _grounding_records(task, cfg, batch, gt, proposals, memo)
             else:
                 records = _generation_records(task, cfg, batch, memo)
@@ -342,7 +340,7 @@ def write_chance_predictions(cfg: ExperimentConfig, run_dir: str | Path, seed: i
     open_eval(run, eval_record(cfg, {"policy": "chance", "seed": seed}, by_bench, None))
     for prepared in inputs.benchmarks:
         bench = prepared.task
-        pool = [] if bench in GROUNDING else sorted(
+        pool = [] if bench in GROUNDING_TASKS else sorted(
             {a for s in load_benchmark(root, bench, "train", cfg.data.label_map) for a in s.answers})
         with PredictionsFile(run / "predictions" / f"{bench}.jsonl") as out:
             _append_chance(out, bench, prepared.samples, prepared.objects, pool, inputs.proposals.boxes, gen)
@@ -361,7 +359,7 @@ def _append_chance(out: PredictionsFile, bench: str, samples: list, gt: dict, po
         ids, boxes = gt.get(s.scene_id, ([], None))  # objects are loaded for grounding and captioning
         targets = [boxes[ids.index(t)] for t in s.target_ids if t in ids]
         rec = {"id": s.id, "scene_id": s.scene_id, "question_type": s.question_type}
-        if bench in GROUNDING:
+        if bench in GROUNDING_TASKS:
             # no answer to draw, but the stream advances as by the answer draw every sample made before, so that a
             # seed still gives the chance numbers it gave (BENCHMARKS.md's demo row)
             torch.randint(1, (1,), generator=gen)

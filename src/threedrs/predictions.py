@@ -23,15 +23,10 @@ import reprlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from threedrs.data.tasks import TASKS, check_question_type, sqa3d_question_type
 from threedrs.metrics.awareness import MEASURES
-from threedrs.metrics.grounding import MULTI3DREFER_EVAL_TYPES, SCANREFER_EVAL_TYPES
-from threedrs.metrics.qa import SQA3D_QUESTION_TYPES, sqa3d_question_type
 
-__all__ = ["BENCHMARKS", "PredictionsError", "check_benchmark", "check_records", "predictions_path",
-           "read_predictions"]
-
-BENCHMARKS = ("scanrefer", "multi3drefer", "scan2cap", "scanqa", "sqa3d")
-"""The benchmarks, in the column order of the paper's Table 1."""
+__all__ = ["PredictionsError", "check_benchmark", "check_records", "predictions_path", "read_predictions"]
 
 _short = reprlib.Repr()
 _short.maxstring, _short.maxlist, _short.maxother = 60, 8, 60
@@ -76,15 +71,11 @@ _FIELDS: dict[str, dict[str, tuple[Callable[[object], bool], str]]] = {
     "scanqa": {"prediction": _TEXT, "answers": (lambda v: v == [] or _is_text_list(v), "a list of strings")},
     "sqa3d": {"prediction": _TEXT, "answer": _TEXT, "question": _TEXT},
 }
-_QUESTION_TYPES: dict[str, tuple[str, ...] | None] = {
-    "scanrefer": SCANREFER_EVAL_TYPES, "multi3drefer": MULTI3DREFER_EVAL_TYPES, "scan2cap": None,  # Scan2Cap's
-    "scanqa": None, "sqa3d": SQA3D_QUESTION_TYPES,  # scores do not depend on ScanRefer's unique/multiple
-}
 
 
 def check_benchmark(benchmark: str) -> None:
-    if benchmark not in BENCHMARKS:
-        raise ValueError(f"benchmark: unknown benchmark {benchmark!r}, expected one of {', '.join(BENCHMARKS)}")
+    if benchmark not in TASKS:
+        raise ValueError(f"benchmark: unknown benchmark {benchmark!r}, expected one of {', '.join(TASKS)}")
 
 
 def _check_record(benchmark: str, record: object, where: str) -> None:
@@ -102,12 +93,8 @@ def _check_record(benchmark: str, record: object, where: str) -> None:
             raise PredictionsError(f"{where}: missing key {key!r} ({expected})")
         if not check(record[key]):
             raise PredictionsError(f"{where}: {key!r} must be {expected}, got {_short.repr(record[key])}")
-    allowed = _QUESTION_TYPES[benchmark]
-    if allowed is not None and record["question_type"] not in allowed:
-        raise PredictionsError(f"{where}: question_type {record['question_type']!r} is not one of {allowed}")
-    if benchmark == "multi3drefer" and record["question_type"].startswith("zt") != (not record["gt_boxes"]):
-        raise PredictionsError(f"{where}: question_type {record['question_type']!r} with {len(record['gt_boxes'])} "
-                               "gt_boxes (zero-target types have none, the others at least one)")
+    check_question_type(benchmark, record["question_type"], len(record["gt_boxes"]) if benchmark == "multi3drefer" else None,
+                        where, count="gt_boxes", error=PredictionsError)
     if benchmark == "scan2cap" and not record["detected"] and record["prediction"]:
         raise PredictionsError(f"{where}: an undetected object must have the empty prediction, "
                                f"got {_short.repr(record['prediction'])}")
@@ -137,7 +124,7 @@ def read_predictions(path: str | Path, benchmark: str | None = None, ids: Sequen
 
     Args:
         path: ``<benchmark>.jsonl``.
-        benchmark: one of ``BENCHMARKS``; default: the file name without ``.jsonl``.
+        benchmark: one of ``threedrs.data.tasks.TASKS``; default: the file name without ``.jsonl``.
         ids: the benchmark's sample ids (the evaluation folder's provenance record): a record with another id,
             or a sample without a record, is an error. None: not checked.
     Returns:
@@ -149,9 +136,9 @@ def read_predictions(path: str | Path, benchmark: str | None = None, ids: Sequen
     """
     path = Path(path)
     benchmark = path.name.removesuffix(".jsonl") if benchmark is None else benchmark
-    if benchmark not in BENCHMARKS:
+    if benchmark not in TASKS:
         raise PredictionsError(f"{path}: cannot tell the benchmark ({benchmark!r} is not one of "
-                               f"{', '.join(BENCHMARKS)}); name the file <benchmark>.jsonl")
+                               f"{', '.join(TASKS)}); name the file <benchmark>.jsonl")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such predictions file")
     records: list[dict] = []

@@ -21,8 +21,8 @@ from threedrs.metrics.captioning import MeteorSession, scan2cap_cider_per_sample
 from threedrs.metrics.grounding import multi3drefer_f1, multi3drefer_f1_per_query, scanrefer_accuracy, scanrefer_hits
 from threedrs.metrics.qa import refined_em, scanqa_scores, sqa3d_scores
 from threedrs.metrics.report import detail_table, results_table
-from threedrs.predictions import (BENCHMARKS, PredictionsError, check_benchmark, check_records, predictions_path,
-                                  read_predictions)
+from threedrs.data.tasks import TASKS
+from threedrs.predictions import PredictionsError, check_benchmark, check_records, predictions_path, read_predictions
 
 __all__ = [
     "METEOR_BENCHMARKS",
@@ -65,7 +65,7 @@ def score_benchmark(benchmark: str, records: Sequence[dict], meteor: bool | Mete
     - sqa3d: ``{"overall"|question type: {"EM", "EM-refined", "count"}}`` (NaN scores for an empty type).
 
     Args:
-        benchmark: one of ``BENCHMARKS``.
+        benchmark: one of ``threedrs.data.tasks.TASKS``.
         records: the predictions records (as :func:`read_predictions` returns them).
         meteor: for scan2cap and scanqa: True opens a METEOR session for this call, a session is reused,
             False leaves METEOR out.
@@ -143,10 +143,10 @@ def _present_benchmarks(run_dir: Path, benchmarks: Sequence[str] | None) -> list
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run folder")
     if benchmarks is None:
-        found = [b for b in BENCHMARKS if predictions_path(run_dir, b).is_file()]
+        found = [b for b in TASKS if predictions_path(run_dir, b).is_file()]
         if not found:
             raise FileNotFoundError(f"{run_dir / 'predictions'}: no predictions file (<benchmark>.jsonl with "
-                                    f"benchmark one of {', '.join(BENCHMARKS)})")
+                                    f"benchmark one of {', '.join(TASKS)})")
         return found
     for name in benchmarks:
         if not predictions_path(run_dir, name).is_file():

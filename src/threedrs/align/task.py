@@ -23,10 +23,8 @@ from threedrs.align.head import AlignmentHead
 from threedrs.align.loss import distillation_loss
 from threedrs.align.posenc import position_encoding
 from threedrs.data.batch import Batch
-from threedrs.data.tasks import COORD_TOKEN, GROUND_TOKEN
+from threedrs.data.tasks import COORD_TOKEN, GROUND_TOKEN, GROUNDING_TASKS
 from threedrs.models.base import MLLMAdapter, token_embedding_offsets
-
-GROUNDING_TASKS = ("scanrefer", "multi3drefer")
 
 
 class AlignTask(nn.Module):

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from threedrs.data.instances import SceneDataError
 from threedrs.data.sampling import FrameLists, first_views
 from threedrs.data.scene import Scene
-from threedrs.data.tasks import Sample
+from threedrs.data.tasks import OBJECT_TASKS, Sample
 from threedrs.pixel_blocks import PixelGrid, block_points, pixel_world
 
 
@@ -109,7 +109,7 @@ class SceneSampleDataset(Dataset):
             return []
         where = {oid: i for i, oid in enumerate(cand.object_ids)}
         missing = [t for t in sample.target_ids if t not in where]
-        if missing and sample.task in ("scanrefer", "multi3drefer", "scan2cap"):
+        if missing and sample.task in OBJECT_TASKS:
             raise SceneDataError(f"sample {sample.id}: object id(s) {missing} not in scene {sample.scene_id}")
         return [where[t] for t in sample.target_ids if t in where]
 

@@ -17,22 +17,15 @@ reader recovers, since the processed files keep only the prompt text:
 from __future__ import annotations
 
 import re
-from collections import Counter
 from pathlib import Path
 
 from threedrs.data.instances import SceneDataError
-from threedrs.data.tasks import (GROUND_TOKEN, SPATIAL_INSTRUCTION, Sample, json_records, object_id,
-                                 sqa3d_question_type)
-from threedrs.metrics.grounding import MULTI3DREFER_EVAL_TYPES, SCANREFER_EVAL_TYPES
+from threedrs.data.tasks import (GROUND_TOKEN, GROUNDING_TASKS, MULTI3DREFER_SUFFIX, OBJECT_TASKS, SCANQA_SUFFIX,
+                                 SPATIAL_INSTRUCTION, SQA3D_SUFFIX, Sample, check_question_type, json_records,
+                                 object_id, sqa3d_question_type, unique_ids)
 
 TASK_OF_DATASET = {"scanrefer": "scanrefer", "multi3drefer": "multi3drefer", "scan2cap": "scan2cap",
                    "scanQA": "scanqa", "scanqa": "scanqa", "sqa3d": "sqa3d"}
-SQA3D_TYPES = ("what", "is", "how", "can", "which", "others")
-_MULTI3DREFER_SUFFIX = "\nThere may be no corresponding object, or there may be one or more objects."
-_SCANQA_SUFFIX = " Answer the question simply."
-_SQA3D_SUFFIX = " Answer the question using a single word or phrase."
-_QUESTION_TYPES = {"scanrefer": SCANREFER_EVAL_TYPES, "multi3drefer": MULTI3DREFER_EVAL_TYPES,
-                   "sqa3d": SQA3D_TYPES}
 
 
 def sqa3d_question(text: str, question_type: str) -> str | None:
@@ -49,14 +42,14 @@ def sqa3d_question(text: str, question_type: str) -> str | None:
 
 def _description(prompt: str, task: str, where: str) -> str:
     """The description inside a V3D grounding prompt: the text after the instruction line."""
-    body = prompt.removesuffix(_MULTI3DREFER_SUFFIX) if task == "multi3drefer" else prompt
+    body = prompt.removesuffix(MULTI3DREFER_SUFFIX) if task == "multi3drefer" else prompt
     if "\n" not in body:
         raise SceneDataError(f"{where}: grounding prompt has no description line after the instruction")
     return body.split("\n", 1)[1]
 
 
 def _targets(meta: dict, task: str, where: str) -> list[int]:
-    if task in ("scanqa", "sqa3d"):
+    if task not in OBJECT_TASKS:
         return []
     if "object_id" not in meta:
         raise SceneDataError(f"{where}: metadata has no object_id")
@@ -80,44 +73,22 @@ def read_llava_style(path: Path) -> list[Sample]:
             raise SceneDataError(f"{where}: needs a human and a gpt turn") from None
         prompt = human.replace("<image>", "").replace(SPATIAL_INSTRUCTION, "").strip()
         question_type = str(meta.get("question_type", ""))
-        allowed = _QUESTION_TYPES.get(task)
-        if allowed is not None and question_type not in allowed:
-            raise SceneDataError(f"{where}: metadata.question_type {question_type!r} is not one of {allowed}")
         targets = _targets(meta, task, where)
-        if task == "multi3drefer" and question_type.startswith("zt") != (not targets):
-            raise SceneDataError(f"{where}: question_type {question_type!r} with {len(targets)} object ids")
+        check_question_type(task, question_type, len(targets), where, "metadata.question_type", "metadata.object_id")
         question = ""
-        if task in ("scanrefer", "multi3drefer"):
+        if task in GROUNDING_TASKS:
             answers = [_description(prompt, task, where)]
             gpt = GROUND_TOKEN
         elif task == "scan2cap":
             answers = list(r.get("annotations") or [gpt])
         elif task == "scanqa":
-            question = prompt.removesuffix(_SCANQA_SUFFIX)
+            question = prompt.removesuffix(SCANQA_SUFFIX)
             answers = list(meta.get("answers") or [gpt])
         else:
-            found = sqa3d_question(prompt.removesuffix(_SQA3D_SUFFIX), question_type)
+            found = sqa3d_question(prompt.removesuffix(SQA3D_SUFFIX), question_type)
             if found is None:
                 raise SceneDataError(f"{where}: no question of type {question_type!r} in the prompt {prompt!r}")
             question, answers = found, [gpt]
         scene_id = str(r["video"]).split("/")[-1]
         out.append(Sample(str(r["id"]), task, scene_id, prompt, gpt, answers, targets, question_type, question))
-    return _unique_ids(out, path)
-
-
-def _unique_ids(samples: list[Sample], path: Path) -> list[Sample]:
-    """SQA3D ids made unique by occurrence (module docstring); any other repeated id is an error."""
-    counts = Counter(s.id for s in samples if s.task == "sqa3d")
-    suffix = any(n > 1 for n in counts.values())
-    seen: Counter = Counter()
-    first: dict[tuple[str, str], int] = {}
-    for i, s in enumerate(samples):
-        if s.task == "sqa3d" and suffix:
-            k = seen[s.id]
-            seen[s.id] += 1
-            s.id = f"{s.id}_{k}"
-        key = (s.task, s.id)
-        if key in first:
-            raise SceneDataError(f"{path}: records {first[key]} and {i} have the same {s.task} id {s.id!r}")
-        first[key] = i
-    return samples
+    return unique_ids(out, path, numbered="sqa3d")

@@ -26,10 +26,7 @@ from threedrs.data.instances import SceneDataError
 from threedrs.data.prompt_style import styled
 from threedrs.data.sampling import FrameLists
 from threedrs.data.scene import Scene
-from threedrs.data.tasks import Sample, benchmark_paths, load_benchmark
-
-GROUNDING = ("scanrefer", "multi3drefer")
-OBJECT_TASKS = ("scanrefer", "multi3drefer", "scan2cap")  # tasks whose target ids must be objects of the scene
+from threedrs.data.tasks import GROUNDING_TASKS, OBJECT_TASKS, Sample, benchmark_paths, load_benchmark
 
 ObjectTable = dict[str, tuple[list[int], Tensor]]  # scene id -> (object ids, boxes [K, 6] float64)
 
@@ -94,7 +91,7 @@ def check_proposals(task: str, scene_ids: Sequence[str], proposals: ProposalTabl
     if missing:
         raise SceneDataError(f"{proposals.path}: no proposals for scene(s) {', '.join(missing[:10])}"
                              f"{' ...' if len(missing) > 10 else ''} of {task}")
-    empty = [s for s in scene_ids if task in GROUNDING and len(proposals.boxes[s]) == 0]
+    empty = [s for s in scene_ids if task in GROUNDING_TASKS and len(proposals.boxes[s]) == 0]
     if empty:
         raise SceneDataError(f"{proposals.path}: scene {empty[0]} has no usable proposal for {task} (grounding "
                              "chooses among them)")

@@ -12,25 +12,46 @@ references. The `<image>` placeholder is not part of `prompt`: the model adapter
 
 Every reader checks what scoring will rely on while it reads (record fields and types, object ids, eval types,
 unique ids) and names the file and the record of the first problem. Video-3D LLM's processed files are read by
-`threedrs.data.llava_style`.
+`threedrs.data.llava_style`. The benchmarks' names, question types, prompt suffixes and the rules on types and ids
+(`check_question_type`, `unique_ids`) are defined here once; that reader and the predictions files use them too.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from threedrs.config import TASK_NAMES
 from threedrs.data.instances import SceneDataError
 from threedrs.data.labels import read_label_map, scanrefer_eval_types
 from threedrs.json_files import read_json_file
-from threedrs.metrics.grounding import MULTI3DREFER_EVAL_TYPES, SCANREFER_EVAL_TYPES
 
-TASKS = ("scanrefer", "multi3drefer", "scan2cap", "scanqa", "sqa3d")
+TASKS = TASK_NAMES
+"""The five benchmarks, in the column order of the paper's Table 1 (the config checks task lists against them)."""
+GROUNDING_TASKS = ("scanrefer", "multi3drefer")  # answered by the grounding head (`<ground>`), scored on boxes
+OBJECT_TASKS = ("scanrefer", "multi3drefer", "scan2cap")  # tasks whose target ids must be objects of the scene
+
+SCANREFER_EVAL_TYPES = ("unique", "multiple")
+"""ScanRefer sub-groups (FORMATS §4.2)."""
+MULTI3DREFER_EVAL_TYPES = ("zt_w_d", "zt_wo_d", "st_w_d", "st_wo_d", "mt")
+"""Multi3DRefer sub-groups (FORMATS §3.2): zero / single / multiple targets, with / without distractors; the
+zero-target types ("zt_...") are exactly the queries without a target."""
+SQA3D_QUESTION_TYPES = ("what", "is", "how", "can", "which", "others")
+"""SQA3D question types derived from the question's first characters (FORMATS §3.5), in the order tested."""
+QUESTION_TYPES: dict[str, tuple[str, ...] | None] = {
+    "scanrefer": SCANREFER_EVAL_TYPES, "multi3drefer": MULTI3DREFER_EVAL_TYPES, "scan2cap": None, "scanqa": None,
+    "sqa3d": SQA3D_QUESTION_TYPES}
+"""The question types each benchmark's scores are grouped by; None: any string (Scan2Cap's scores do not depend
+on ScanRefer's unique/multiple labels; ScanQA has no types)."""
+
 GROUND_TOKEN = "<ground>"  # the whole answer of a grounding sample; its hidden state is the grounding query
 COORD_TOKEN = "<coord>"  # stands for the Scan2Cap box; its embedding gets the box centre's 3D position encoding
 SPATIAL_INSTRUCTION = ("The video captures 3D spatial information of a scene. Please focus on the spatial "
                        "relationships in the video and answer the following questions.\n")
+MULTI3DREFER_SUFFIX = "\nThere may be no corresponding object, or there may be one or more objects."
+SCANQA_SUFFIX = " Answer the question simply."  # follows the question
+SQA3D_SUFFIX = " Answer the question using a single word or phrase."  # follows "<situation> <question>"
 
 
 @dataclass
@@ -80,13 +101,40 @@ def _text(record: dict, key: str, where: str) -> str:
     return value
 
 
-def _unique_ids(samples: list[Sample], path: Path) -> list[Sample]:
-    """Refuse two samples with one id (the official files have none; a duplicate means a merged or edited file)."""
-    first: dict[str, int] = {}
+def check_question_type(task: str, question_type: str, targets: int | None, where: str, key: str = "question_type",
+                        count: str = "targets", error: type[Exception] = SceneDataError) -> None:
+    """Raise ``error`` naming ``where`` unless ``question_type`` (the value of ``key``) is one of the task's
+    `QUESTION_TYPES` and, for Multi3DRefer, agrees with the number of ``targets`` (named ``count``): the zero-target
+    types have none, the others at least one. targets None: that rule is not checked."""
+    allowed = QUESTION_TYPES[task]
+    if allowed is not None and question_type not in allowed:
+        raise error(f"{where}: {key} {question_type!r} is not one of {allowed}")
+    if task == "multi3drefer" and targets is not None and question_type.startswith("zt") != (targets == 0):
+        raise error(f"{where}: {key} {question_type!r} with {targets} {count} (zero-target types have none, the "
+                    "others at least one)")
+
+
+def unique_ids(samples: list[Sample], path: Path, numbered: str | None = None) -> list[Sample]:
+    """Refuse two samples of one task with one id (the official files have none; a repeat means a merged or edited
+    file), naming ``path`` and both samples' positions.
+
+    numbered: a task whose ids the file may repeat (Video-3D LLM's processed SQA3D train file repeats a question's
+    id once per situation): when it repeats any id of that task, every id of that task gets the suffix ``_k``,
+    k = the number of earlier samples with the same id (the samples are changed in place).
+    """
+    counts = Counter(s.id for s in samples if s.task == numbered)
+    suffix = any(n > 1 for n in counts.values())
+    seen: Counter = Counter()
+    first: dict[tuple[str, str], int] = {}
     for i, s in enumerate(samples):
-        if s.id in first:
-            raise SceneDataError(f"{path}: records {first[s.id]} and {i} have the same id {s.id!r}")
-        first[s.id] = i
+        if s.task == numbered and suffix:
+            base = s.id
+            s.id = f"{base}_{seen[base]}"
+            seen[base] += 1
+        key = (s.task, s.id)
+        if key in first:
+            raise SceneDataError(f"{path}: records {first[key]} and {i} have the same {s.task} id {s.id!r}")
+        first[key] = i
     return samples
 
 
@@ -113,34 +161,28 @@ def read_scanrefer(path: Path, label_map: Path | None = None) -> list[Sample]:
     for i, r in enumerate(recs):
         where = f"{path}: record {i}"
         eval_type = r["eval_type"] if "eval_type" in r else computed[i]
-        if eval_type not in SCANREFER_EVAL_TYPES:
-            raise SceneDataError(f"{where}: eval_type {eval_type!r} is not one of {SCANREFER_EVAL_TYPES}")
+        check_question_type("scanrefer", eval_type, 1, where, "eval_type")
         target = object_id(r["object_id"], where)
         description = _text(r, "description", where)
         out.append(Sample(f"{r['scene_id']}|{target}|{r['ann_id']}", "scanrefer", _text(r, "scene_id", where),
                           scanrefer_prompt(description), GROUND_TOKEN, [description], [target], eval_type))
-    return _unique_ids(out, path)
+    return unique_ids(out, path)
 
 
 def read_multi3drefer(path: Path) -> list[Sample]:
     """multi3drefer_<split>.json -> grounding samples with 0, 1 or many targets (zero-target types have none)."""
     out = []
-    suffix = "\nThere may be no corresponding object, or there may be one or more objects."
     for i, r in enumerate(json_records(path, ("scene_id", "ann_id", "description", "object_ids", "eval_type"))):
         where = f"{path}: record {i}"
-        if r["eval_type"] not in MULTI3DREFER_EVAL_TYPES:
-            raise SceneDataError(f"{where}: eval_type {r['eval_type']!r} is not one of {MULTI3DREFER_EVAL_TYPES}")
         if not isinstance(r["object_ids"], list):
             raise SceneDataError(f"{where}: object_ids must be a list, got {r['object_ids']!r}")
         targets = [object_id(t, where, "object_ids") for t in r["object_ids"]]
-        if r["eval_type"].startswith("zt") != (not targets):
-            raise SceneDataError(f"{where}: eval_type {r['eval_type']!r} with {len(targets)} object_ids "
-                                 "(zero-target types have none, the others at least one)")
+        check_question_type("multi3drefer", r["eval_type"], len(targets), where, "eval_type", "object_ids")
         description = _text(r, "description", where)
         out.append(Sample(f"{r['scene_id']}|{r['ann_id']}", "multi3drefer", _text(r, "scene_id", where),
-                          scanrefer_prompt(description) + suffix, GROUND_TOKEN, [description], targets,
+                          scanrefer_prompt(description) + MULTI3DREFER_SUFFIX, GROUND_TOKEN, [description], targets,
                           r["eval_type"]))
-    return _unique_ids(out, path)
+    return unique_ids(out, path)
 
 
 def read_scan2cap(path: Path, split: str) -> list[Sample]:
@@ -155,7 +197,7 @@ def read_scan2cap(path: Path, split: str) -> list[Sample]:
     for i, r in enumerate(recs):
         _text(r, "description", f"{path}: record {i}")
     if split == "train":
-        return _unique_ids([
+        return unique_ids([
             Sample(f"{r['scene_id']}|{t}|{r['object_name']}|{r['ann_id']}", "scan2cap", r["scene_id"], prompt,
                    r["description"].capitalize(), [r["description"]], [t], r.get("eval_type", ""))
             for r, t in zip(recs, targets)], path)
@@ -179,7 +221,7 @@ def read_scanqa(paths: list[Path], split: str) -> list[Sample]:
         for i, r in enumerate(json_records(path, required)):
             where = f"{path}: record {i}"
             question = _text(r, "question", where)
-            prompt = f"{question} Answer the question simply."
+            prompt = question + SCANQA_SUFFIX
             targets = [object_id(t, where, "object_ids") for t in r.get("object_ids", [])]
             answers = list(r.get("answers", []))
             if split != "test" and not answers:
@@ -192,13 +234,13 @@ def read_scanqa(paths: list[Path], split: str) -> list[Sample]:
                 chosen = [(str(r["question_id"]), answers[0] if answers else "")]
             out += [Sample(sid, "scanqa", _text(r, "scene_id", where), prompt, answer, answers, targets, "unknow",
                            question) for sid, answer in chosen]
-    return _unique_ids(out, paths[0])
+    return unique_ids(out, paths[0])
 
 
 def sqa3d_question_type(question: str) -> str:
     """what / is / how / can / which / others, from the question's first characters (case-insensitive)."""
     q = question.lstrip().lower()
-    for prefix in ("what", "is", "how", "can", "which"):
+    for prefix in SQA3D_QUESTION_TYPES[:-1]:  # all but "others"
         if q.startswith(prefix):
             return prefix
     return "others"
@@ -232,11 +274,11 @@ def read_sqa3d(questions_path: Path, annotations_path: Path, split: str) -> list
         situations = [_text(q, "situation", where)] + (list(q.get("alternative_situation", []))
                                                        if split == "train" else [])
         for k, situation in enumerate(situations):
-            prompt = f"{situation} {_text(q, 'question', where)} Answer the question using a single word or phrase."
+            prompt = f"{situation} {_text(q, 'question', where)}{SQA3D_SUFFIX}"
             out.append(Sample(f"{qid}_{k}" if split == "train" else str(qid), "sqa3d", _text(q, "scene_id", where),
                               prompt, answer_of[qid], [answer_of[qid]], [], sqa3d_question_type(q["question"]),
                               q["question"]))
-    return _unique_ids(out, questions_path)
+    return unique_ids(out, questions_path)
 
 
 def benchmark_paths(root: str | Path, task: str, split: str) -> list[Path]:

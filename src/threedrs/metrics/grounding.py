@@ -30,6 +30,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from threedrs.aabb import box_iou_3d
+from threedrs.data.tasks import MULTI3DREFER_EVAL_TYPES, SCANREFER_EVAL_TYPES
 
 __all__ = [
     "MULTI3DREFER_EVAL_TYPES",
@@ -43,12 +44,6 @@ __all__ = [
     "scanrefer_hits",
     "scanrefer_prediction",
 ]
-
-SCANREFER_EVAL_TYPES = ("unique", "multiple")
-"""ScanRefer sub-groups (FORMATS §4.2)."""
-
-MULTI3DREFER_EVAL_TYPES = ("zt_w_d", "zt_wo_d", "st_w_d", "st_wo_d", "mt")
-"""Multi3DRefer sub-groups (FORMATS §3.2): zero / single / multiple targets, with / without distractors."""
 
 THRESHOLDS = (0.25, 0.5)
 

@@ -16,12 +16,12 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from threedrs.data.tasks import TASKS
 from threedrs.metrics.report import quartiles, spearman
 
 __all__ = ["plot_before_after", "plot_quartiles", "plot_training_curves"]
 
 _DPI = 120
-_BENCHMARK_ORDER = ("scanrefer", "multi3drefer", "scan2cap", "scanqa", "sqa3d")
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -84,7 +84,7 @@ def plot_before_after(means: Mapping[str, Mapping[str, Mapping[str, float]]], pa
     if empty:
         raise ValueError(f"means[{empty[0]!r}]: no run to plot")
     found = list(dict.fromkeys(b for runs in means.values() for run in runs.values() for b in run))
-    benchmarks = [b for b in _BENCHMARK_ORDER if b in found] + [b for b in found if b not in _BENCHMARK_ORDER]
+    benchmarks = [b for b in TASKS if b in found] + [b for b in found if b not in TASKS]
     if not benchmarks:
         raise ValueError("means: no benchmark to plot")
     fig = Figure(figsize=((1.3 * len(benchmarks) + 1.2) * len(means) + 0.4, 3.6), layout="constrained")

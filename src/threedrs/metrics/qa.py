@@ -10,7 +10,7 @@ import math
 import re
 from collections.abc import Hashable, Mapping, Sequence
 
-from threedrs.data.tasks import sqa3d_question_type
+from threedrs.data.tasks import SQA3D_QUESTION_TYPES, sqa3d_question_type
 from threedrs.metrics.captioning import MeteorSession, caption_scores
 
 __all__ = [
@@ -21,9 +21,6 @@ __all__ = [
     "sqa3d_question_type",
     "sqa3d_scores",
 ]
-
-SQA3D_QUESTION_TYPES = ("what", "is", "how", "can", "which", "others")
-"""SQA3D question types derived from the question's first characters (FORMATS §3.5), in the order tested."""
 
 # Whole-word typo fixes of step 4 (the upper-case "TV" is intended: ground-truth answers contain it).
 _TYPOS = {

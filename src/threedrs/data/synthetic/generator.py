@@ -38,12 +38,12 @@ from threedrs.data.synthetic.rooms import (STREAM_LANGUAGE, STREAM_MESH, STREAM_
 from threedrs.data.synthetic.writer import (matrix_text, write_aggregation, write_frame, write_json, write_label_map,
                                             write_lines, write_ply, write_scan_meta, write_segments,
                                             write_sparse_masks)
+from threedrs.data.tasks import TASKS
 
 VERSION = "1.0"
 MANIFEST = "synthrooms.json"
 GENERATED = ("scannet", "metadata", "mask", "scanrefer", "multi3drefer", "scan2cap", "scanqa", "sqa3d")
 SPLITS = ("train", "val")
-BENCHMARKS = ("scanrefer", "multi3drefer", "scan2cap", "scanqa", "sqa3d")
 
 
 class SynthOutputError(ValueError):
@@ -71,7 +71,7 @@ class SynthSummary:
                  f"{self.frames} frames ({self.frames_per_scene} per scene, {self.invalid_frames} with invalid pose)",
                  f"  objects: {self.objects} in {len(self.categories)} categories: "
                  + ", ".join(f"{k} {v}" for k, v in sorted(self.categories.items()))]
-        for bench in BENCHMARKS:
+        for bench in TASKS:
             counts = self.samples.get(bench, {})
             lines.append(f"  {bench}: {counts.get('train', 0)} train, {counts.get('val', 0)} val")
         return "\n".join(lines)
@@ -152,7 +152,7 @@ def generate(cfg: SynthConfig, out: str | Path, progress: bool = True) -> SynthS
     split_of = {sid: split for split, ids in splits.items() for sid in ids}
     write_json(out / MANIFEST, {"generator": "threedrs.synthrooms", "version": VERSION, "complete": False})
     scene_info: dict[str, dict] = {}
-    ann: dict[str, dict[str, list]] = {b: {s: [] for s in SPLITS} for b in (*BENCHMARKS, "sqa3d_ann")}
+    ann: dict[str, dict[str, list]] = {b: {s: [] for s in SPLITS} for b in (*TASKS, "sqa3d_ann")}
     gt_boxes: dict[str, dict] = {s: {} for s in SPLITS}
     pred_boxes: dict[str, list] = {}
     categories: Counter = Counter()
@@ -216,7 +216,7 @@ def _write_tables(out: Path, splits: dict[str, list[str]], gt_boxes: dict, pred_
 
 
 def _write_benchmarks(out: Path, ann: dict[str, dict[str, list]]) -> dict[str, dict[str, int]]:
-    samples: dict[str, dict[str, int]] = {b: {} for b in BENCHMARKS}
+    samples: dict[str, dict[str, int]] = {b: {} for b in TASKS}
     answers: set[str] = set()
     for split in SPLITS:
         scanrefer = ann["scanrefer"][split]  # as the official files: no eval_type
@@ -231,7 +231,7 @@ def _write_benchmarks(out: Path, ann: dict[str, dict[str, list]]) -> dict[str, d
         write_json(balanced / f"v1_balanced_sqa_annotations_{split}_scannetv2.json",
                           _sqa3d_wrapper("annotations", ann["sqa3d_ann"][split], split))
         answers.update(a["answers"][0]["answer"] for a in ann["sqa3d_ann"][split])
-        for bench in BENCHMARKS:
+        for bench in TASKS:
             samples[bench][split] = len(corpus) if bench == "scan2cap" else len(ann[bench][split])
     vocab = sorted(answers)
     write_json(out / "sqa3d" / "balanced" / "answer_dict.json",

@@ -13,6 +13,7 @@ import numpy as np
 from threedrs.data.synthetic.catalog import CATEGORIES
 from threedrs.data.synthetic.referring import object_name
 from threedrs.data.synthetic.relations import Facts, Relation, noun_phrase
+from threedrs.data.tasks import SQA3D_QUESTION_TYPES
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
                 "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty")
@@ -146,7 +147,7 @@ def _place_agent(facts: Facts, rng: np.random.Generator) -> tuple[Agent, int, in
 
 def _situated_pool(facts: Facts, agent: Agent, skip: set[int]) -> dict[str, list[tuple[str, str, list[int]]]]:
     """Candidate (question, answer, object_ids) per SQA3D question type for one situation."""
-    pool: dict[str, list] = {k: [] for k in ("what", "is", "how", "can", "which", "others")}
+    pool: dict[str, list] = {k: [] for k in SQA3D_QUESTION_TYPES}
     views = {i: agent.frame(facts.centres[i]) for i in range(len(facts.objects))}
     for i in facts.nameable():
         if i in skip:
