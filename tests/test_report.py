@@ -372,3 +372,25 @@ def test_measure_values_and_separation_edge_cases() -> None:
     with pytest.raises(ValueError, match="reference: 'nope' is not one of the runs"):
         awareness.separation_lines({"a": [{"score": [0.5]}]}, "nope")
     assert awareness.separation_lines({"a": [{"score": [math.nan]}], "b": [{"score": [math.nan]}]}, "a") == []
+
+
+def test_recipe_lines_up_measures_a_seed_does_not_record() -> None:
+    """A recipe whose second seed recorded no recall: the pooled study and each seed's values keep one value per
+    sample (NaN where unrecorded), so the recall's quartiles pair each value with its own sample's metric."""
+    with_recall = {"scanrefer": ({"score": [0.9, 0.8], "recall": [0.5, 0.4], "scene": ["a", "b"]}, [100.0, 0.0],
+                                 "Acc@0.25")}
+    without = {"scanrefer": ({"score": [0.7, 0.6], "scene": ["a", "b"]}, [0.0, 100.0], "Acc@0.25"),
+               "sqa3d": ({"score": [0.2]}, [100.0], "EM")}
+    recipe = awareness.Recipe([without, with_recall])
+    assert recipe.labels() == ["score", "recall"] and recipe.benchmarks() == ["scanrefer", "sqa3d"]
+    measures, values, metric = recipe.study()["scanrefer"]
+    assert values == [0.0, 100.0, 100.0, 0.0] and metric == "Acc@0.25"
+    assert measures["score"] == [0.7, 0.6, 0.9, 0.8]
+    assert all(math.isnan(v) for v in measures["recall"][:2]) and measures["recall"][2:] == [0.5, 0.4]
+    first, second = recipe.per_seed()
+    assert len(first["recall"]) == 3 and all(math.isnan(v) for v in first["recall"])
+    assert second["recall"] == [0.5, 0.4] and second["scene"] == ["a", "b"]
+    assert recipe.benchmark_mean("score", "sqa3d") == pytest.approx(0.2)
+    assert recipe.benchmark_mean("recall", "scanrefer") == pytest.approx(0.45)
+    with pytest.raises(ValueError, match="seeds: a recipe needs at least one run"):
+        awareness.Recipe([])

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from threedrs.demo_recipes import DemoRun, DemoSize, StageTimes
-from threedrs.metrics.awareness import (LABELS, finite_mean, measure_values, number, quartile_table, runs_table,
+from threedrs.metrics.awareness import (LABELS, Recipe, finite_mean, number, quartile_table, runs_table,
                                         separation_lines)
 from threedrs.metrics.report import (MIN_QUARTILE_SAMPLES, TABLE1_COLUMNS, aggregate_seeds, markdown, read_train_log,
                                      results_table, table1_row)
-from threedrs.predictions import predictions_path, read_predictions
-from threedrs.scoring import per_sample_values
+from threedrs.scoring import awareness_study
 
 
 @dataclass
@@ -37,28 +36,6 @@ class DemoResults:
         """Metrics of one recipe over the seeds: (mean, std) leaves with several seeds, plain values with one."""
         per_seed = [self.metrics[(name, s)] for s in self.seeds]
         return aggregate_seeds(per_seed) if len(per_seed) > 1 else per_seed[0]
-
-
-Study = dict[str, tuple[dict[str, list[float]], list[float], str]]
-"""benchmark -> ({measure label: per-sample values}, per-sample metric values, metric name)"""
-
-
-def _awareness(results: DemoResults, name: str, seed: int) -> Study:
-    """Per benchmark of one run: ({measure label: per-sample value at the last layer}, per-sample metric, metric)."""
-    run = results.eval_dirs[(name, seed)]
-    out = {}
-    for bench in results.metrics[(name, seed)]["benchmarks"]:
-        records = read_predictions(predictions_path(run, bench), bench)
-        metric, values = per_sample_values(bench, records)
-        out[bench] = (measure_values(records, "-1"), values, metric)
-    return out
-
-
-def _pooled(per_benchmark: Study) -> dict[str, list]:
-    """Label -> its values over the samples of every benchmark (recall chance and scene ids too)."""
-    labels = list(dict.fromkeys(label for measures, _, _ in per_benchmark.values() for label in measures))
-    return {label: [v for m, values, _ in per_benchmark.values() for v in m.get(label, [math.nan] * len(values))]
-            for label in labels}
 
 
 def _comparison(results: DemoResults, a: str, b: str) -> list[str]:
@@ -110,21 +87,18 @@ def write_report(out: Path, results: DemoResults, times: StageTimes) -> Path:
     table3 = results_table({n: results.aggregated(n) for n in ("baseline", "3DRS")}, with_chance=chance_row)
     table4 = results_table({n: results.aggregated(n) for n in names}, with_chance=chance_row)
 
-    awareness = {n: {s: _awareness(results, n, s) for s in results.seeds} for n in names}
-    per_seed = {n: [_pooled(awareness[n][s]) for s in results.seeds] for n in names}
+    recipes = {n: Recipe([awareness_study(results.eval_dirs[(n, s)], results.metrics[(n, s)]["benchmarks"], "-1")
+                          for s in results.seeds]) for n in names}
+    per_seed = {n: recipes[n].per_seed() for n in names}
     labels = [label for label in LABELS if all(label in seed for n in names for seed in per_seed[n])]
-    benches = list(awareness[names[0]][results.seeds[0]])
-    means = {label: {n: {b: finite_mean([finite_mean(awareness[n][s][b][0].get(label, [])) for s in results.seeds])
-                         for b in benches} for n in names} for label in labels}
+    benches = recipes[names[0]].benchmarks()
+    means = {label: {n: {b: recipes[n].benchmark_mean(label, b) for b in benches} for n in names} for label in labels}
     plot_before_after(means, out / "before_after.png")
     runs = runs_table(per_seed)
     separation = separation_lines(per_seed, "baseline")
     cells = [[n, *(" / ".join(number(means[label][n][b]) for label in labels) for b in benches)] for n in names]
 
-    ours = [awareness["3DRS"][s] for s in results.seeds]
-    study = {b: ({label: [v for seed in ours for v in seed[b][0].get(label, [])] for label in labels},
-                 [v for seed in ours for v in seed[b][1]], ours[0][b][2]) for b in benches}
-    study = {b: v for b, v in study.items()
+    study = {b: v for b, v in recipes["3DRS"].study().items()
              if sum(math.isfinite(x) for x in v[0].get("score", [])) >= MIN_QUARTILE_SAMPLES}
     if study:
         plot_quartiles({b: (m["score"], v, metric) for b, (m, v, metric) in study.items()}, out / "quartiles.png",

@@ -16,13 +16,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from threedrs.data.tasks import TASKS
-from threedrs.metrics.awareness import (LABELS, finite_mean, measure_values, number, quartile_table, runs_table,
-                                        separation_lines)
+from threedrs.metrics.awareness import Recipe, number, quartile_table, runs_table, separation_lines
 from threedrs.metrics.plots import plot_before_after, plot_quartiles, plot_training_curves
 from threedrs.metrics.report import (MIN_QUARTILE_SAMPLES, aggregate_seeds, delta_table, markdown, quartiles,
                                      read_train_log, results_table)
-from threedrs.predictions import predictions_path, read_predictions
-from threedrs.scoring import METEOR_BENCHMARKS, load_metrics, per_sample_values, score_run
+from threedrs.predictions import predictions_path
+from threedrs.scoring import METEOR_BENCHMARKS, awareness_study, load_metrics, score_run
 
 __all__ = ["build_report", "main_report"]
 
@@ -48,49 +47,6 @@ def _file_name(index: int, name: str) -> str:
     return f"{index}_{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}"
 
 
-class _Recipe:
-    """One recipe's runs (seeds): metrics, and per seed and benchmark the per-sample measures and metric."""
-
-    def __init__(self, folders: Sequence[Path], layer: str, meteor: bool):
-        self.folders = list(folders)
-        per_seed = [_run_metrics(run, meteor) for run in self.folders]
-        self.metrics = aggregate_seeds(per_seed) if len(per_seed) > 1 else per_seed[0]
-        self.samples: list[dict[str, tuple[dict[str, list[float]], list[float], str]]] = []
-        for run, metrics in zip(self.folders, per_seed):
-            seed = {}
-            for benchmark in metrics["benchmarks"]:
-                records = read_predictions(predictions_path(run, benchmark), benchmark)
-                metric, values = per_sample_values(benchmark, records)
-                seed[benchmark] = (measure_values(records, layer), values, metric)
-            self.samples.append(seed)
-
-    def per_seed(self) -> list[dict[str, list]]:
-        """Per seed, label -> its values over every sample of every benchmark (recall chance and scene ids too)."""
-        found = list(dict.fromkeys(label for seed in self.samples for m, _, _ in seed.values() for label in m))
-        return [{label: [v for m, values, _ in seed.values() for v in m.get(label, [math.nan] * len(values))]
-                 for label in found} for seed in self.samples]
-
-    def labels(self) -> list[str]:
-        """The measures (not the chance level) that some sample records, in report order."""
-        found = {label for seed in self.samples for m, _, _ in seed.values() for label in m}
-        return [label for label in LABELS if label in found]
-
-    def benchmark_mean(self, label: str, benchmark: str) -> float:
-        """Mean over seeds of the mean over the benchmark's samples (NaN when unscored)."""
-        return finite_mean([finite_mean(seed[benchmark][0].get(label, [])) for seed in self.samples
-                            if benchmark in seed])
-
-    def study(self) -> dict[str, tuple[dict[str, list[float]], list[float], str]]:
-        """benchmark -> ({label: values}, metric values, metric name), samples of all seeds pooled."""
-        out = {}
-        for benchmark in self.samples[0]:
-            seeds = [seed[benchmark] for seed in self.samples if benchmark in seed]
-            measures = {label: [v for m, values, _ in seeds for v in m.get(label, [math.nan] * len(values))]
-                        for label in self.labels()}
-            out[benchmark] = (measures, [v for _, values, _ in seeds for v in values], seeds[0][2])
-        return out
-
-
 def build_report(runs: Mapping[str, str | Path | Sequence[str | Path]], out: str | Path, layer: str = "-1",
                  meteor: bool = True) -> Path:
     """Score (or read) each run, draw the figures and write ``OUT/report.md``; returns its path.
@@ -113,7 +69,10 @@ def build_report(runs: Mapping[str, str | Path | Sequence[str | Path]], out: str
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     folders = {n: [Path(r)] if isinstance(r, (str, Path)) else [Path(x) for x in r] for n, r in runs.items()}
-    recipes = {name: _Recipe(paths, layer, meteor) for name, paths in folders.items()}
+    per_seed = {name: [_run_metrics(run, meteor) for run in paths] for name, paths in folders.items()}
+    metrics = {name: aggregate_seeds(seeds) if len(seeds) > 1 else seeds[0] for name, seeds in per_seed.items()}
+    recipes = {name: Recipe([awareness_study(run, m["benchmarks"], layer) for run, m in zip(folders[name], seeds)])
+               for name, seeds in per_seed.items()}
     names, notes = list(recipes), []
     lines = ["# 3DRS evaluation report", "", "Runs:",
              *(f"- **{n}**: " + ", ".join(f"`{p}`" for p in paths) for n, paths in folders.items()), "",
@@ -122,19 +81,19 @@ def build_report(runs: Mapping[str, str | Path | Sequence[str | Path]], out: str
               "voxels; contrast = score - background; recall = share of tokens whose most similar token in "
               "another view corresponds). Benchmark scores are percentages (x100); several runs of one name are "
               "seeds: mean ± std."), "",
-             "## Results (paper Table 1 layout)", "", results_table({n: r.metrics for n, r in recipes.items()}), ""]
+             "## Results (paper Table 1 layout)", "", results_table(metrics), ""]
     for other in names[1:]:
-        lines += [f"## {other} minus {names[0]}", "",
-                  delta_table(recipes[names[0]].metrics, recipes[other].metrics, (names[0], other)), ""]
+        lines += [f"## {other} minus {names[0]}", "", delta_table(metrics[names[0]], metrics[other], (names[0], other)),
+                  ""]
 
     scored = {n: r for n, r in recipes.items() if r.labels()}
     if scored:
-        per_seed = {n: r.per_seed() for n, r in scored.items()}
+        values = {n: r.per_seed() for n, r in scored.items()}
         reference = names[0] if names[0] in scored else next(iter(scored))
         lines += ["## 3D-awareness of each run", "", "Means over all scored samples of all benchmarks.", "",
-                  runs_table(per_seed), "", *separation_lines(per_seed, reference), ""]
+                  runs_table(values), "", *separation_lines(values, reference), ""]
         labels = list(dict.fromkeys(label for r in scored.values() for label in r.labels()))
-        benchmarks = list(dict.fromkeys(b for r in scored.values() for b in r.samples[0]))
+        benchmarks = list(dict.fromkeys(b for r in scored.values() for b in r.benchmarks()))
         means = {label: {n: {b: r.benchmark_mean(label, b) for b in benchmarks} for n, r in scored.items()}
                  for label in labels}
         plot_before_after(means, out / "before_after.png")
@@ -163,8 +122,8 @@ def build_report(runs: Mapping[str, str | Path | Sequence[str | Path]], out: str
         lines += [f"### {name}", "", f"![{name} quartiles]({image})", "", quartile_table(study), "",
                   _score_ranges(study), ""]
 
-    logs = {(f"{n} ({p.name})" if len(recipe.folders) > 1 else n): read_train_log(p / "train_log.jsonl")
-            for n, recipe in recipes.items() for p in recipe.folders if (p / "train_log.jsonl").is_file()}
+    logs = {(f"{n} ({p.name})" if len(paths) > 1 else n): read_train_log(p / "train_log.jsonl")
+            for n, paths in folders.items() for p in paths if (p / "train_log.jsonl").is_file()}
     if logs:
         plot_training_curves(logs, out / "training_curves.png")
         lines += ["## Training curves", "", "![training curves](training_curves.png)", ""]

@@ -18,6 +18,7 @@ from pathlib import Path
 from threedrs.eval_folder import recorded_ids
 from threedrs.json_files import read_json_file, write_atomic
 from threedrs.metrics.captioning import MeteorSession, scan2cap_cider_per_sample, scan2cap_scores
+from threedrs.metrics.awareness import Study, measure_values
 from threedrs.metrics.grounding import multi3drefer_f1, multi3drefer_f1_per_query, scanrefer_accuracy, scanrefer_hits
 from threedrs.metrics.qa import refined_em, scanqa_scores, sqa3d_scores
 from threedrs.metrics.report import detail_table, results_table
@@ -26,6 +27,7 @@ from threedrs.predictions import PredictionsError, check_benchmark, check_record
 
 __all__ = [
     "METEOR_BENCHMARKS",
+    "awareness_study",
     "load_metrics",
     "main_score",
     "metrics_markdown",
@@ -125,6 +127,18 @@ def per_sample_values(benchmark: str, records: Sequence[dict]) -> tuple[str, lis
     if benchmark == "scanqa":
         return "EM-refined", [100.0 * refined_em(r["prediction"], r["answers"])[1] for r in records]
     return "EM", [100.0 * refined_em(r["prediction"], [r["answer"]])[0] for r in records]
+
+
+def awareness_study(run_dir: str | Path, benchmarks: Sequence[str], layer: str) -> Study:
+    """The 3D-awareness study of one run: per benchmark (whose predictions file it reads) the measures each record
+    holds at ``layer`` (`threedrs.metrics.awareness.measure_values`), the per-sample metric and its name
+    (`per_sample_values`)."""
+    out = {}
+    for benchmark in benchmarks:
+        records = read_predictions(predictions_path(run_dir, benchmark), benchmark)
+        metric, values = per_sample_values(benchmark, records)
+        out[benchmark] = (measure_values(records, layer), values, metric)
+    return out
 
 
 def parse_benchmarks(text: str | Sequence[str] | None) -> list[str] | None:

@@ -17,8 +17,8 @@ import numpy as np
 
 from threedrs.metrics.report import MIN_QUARTILE_SAMPLES, markdown, quartiles, spearman
 
-__all__ = ["CHANCE", "LABELS", "MEASURES", "SCENE", "finite_mean", "measure_values", "mean_std", "number", "quartile_table",
-           "runs_table", "separation_lines"]
+__all__ = ["CHANCE", "LABELS", "MEASURES", "SCENE", "Recipe", "Study", "finite_mean", "measure_values", "mean_std",
+           "number", "quartile_table", "runs_table", "separation_lines"]
 
 MEASURES: tuple[tuple[str, str], ...] = (("correspondence", "score"), ("background", "background"),
                                          ("contrast", "contrast"), ("recall", "recall"))
@@ -29,6 +29,8 @@ CHANCE = "recall chance"
 """Label of the recall's chance level (record key "recall_chance"), kept beside the measures but not one."""
 SCENE = "scene"
 """Label of each record's scene id: the unit of the one-seed standard error (a scene's samples share its frames)."""
+Study = dict[str, tuple[dict[str, list], list[float], str]]
+"""benchmark -> ({label: per-sample values (`measure_values`)}, per-sample metric values, metric name), one run."""
 
 
 def number(value: float, digits: int = 3) -> str:
@@ -198,3 +200,46 @@ def quartile_table(study: Mapping[str, tuple[Mapping[str, Sequence[float]], Sequ
                          f"{rho:+.3f}" if math.isfinite(rho) else "–", f"{p:.2g}" if math.isfinite(p) else "–"])
     return markdown(["benchmark", "measure", "metric", "samples", "Q1 (lowest)", "Q2", "Q3", "Q4 (highest)",
                      "Spearman ρ", "p"], rows)
+
+
+class Recipe:
+    """The 3D-awareness of one recipe's runs (its seeds): one `Study` per seed, as the reports read them.
+
+    A measure that some seed or benchmark does not record counts as NaN (unscored) for each of its samples, so
+    the values of a measure always line up with the metric values and the scene ids.
+    """
+
+    def __init__(self, seeds: Sequence[Study]):
+        if not seeds:
+            raise ValueError("seeds: a recipe needs at least one run")
+        self.seeds = list(seeds)
+
+    def benchmarks(self) -> list[str]:
+        """The benchmarks of the first seed, in its order."""
+        return list(self.seeds[0])
+
+    def per_seed(self) -> list[dict[str, list]]:
+        """Per seed, label -> its values over every sample of every benchmark (recall chance and scene ids too)."""
+        found = list(dict.fromkeys(label for seed in self.seeds for m, _, _ in seed.values() for label in m))
+        return [{label: [v for m, values, _ in seed.values() for v in m.get(label, [math.nan] * len(values))]
+                 for label in found} for seed in self.seeds]
+
+    def labels(self) -> list[str]:
+        """The measures (not the chance level) that some sample records, in report order."""
+        found = {label for seed in self.seeds for m, _, _ in seed.values() for label in m}
+        return [label for label in LABELS if label in found]
+
+    def benchmark_mean(self, label: str, benchmark: str) -> float:
+        """Mean over seeds of the mean over the benchmark's samples (NaN when unscored)."""
+        return finite_mean([finite_mean(seed[benchmark][0].get(label, [])) for seed in self.seeds
+                            if benchmark in seed])
+
+    def study(self) -> Study:
+        """benchmark -> ({label: values}, metric values, metric name), the samples of all seeds pooled."""
+        out = {}
+        for benchmark in self.benchmarks():
+            seeds = [seed[benchmark] for seed in self.seeds if benchmark in seed]
+            measures = {label: [v for m, values, _ in seeds for v in m.get(label, [math.nan] * len(values))]
+                        for label in self.labels()}
+            out[benchmark] = (measures, [v for _, values, _ in seeds for v in values], seeds[0][2])
+        return out
