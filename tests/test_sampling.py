@@ -69,3 +69,33 @@ def test_first_views_marks_repeats():
     from threedrs.data.sampling import first_views
 
     assert first_views(["00000", "00000", "00010", "00020", "00020"]).tolist() == [True, False, True, True, False]
+
+
+def test_loops_over_scenes_save_the_frame_lists_once(synthrooms_tiny, tmp_path, monkeypatch):
+    """Preflight and the dataset make the lists of all their scenes and write the file once (a save per new scene
+    rewrites the whole file each time); a block that fails still keeps what it computed."""
+    from threedrs.data.dataset import SceneSampleDataset
+    from threedrs.data.preflight import check_scenes
+    from threedrs.data.scene import split_scene_ids
+    from threedrs.data.tasks import Sample
+
+    scenes = split_scene_ids(synthrooms_tiny, "train")
+    assert len(scenes) > 2
+    saves = []
+    real = FrameLists._save
+    monkeypatch.setattr(FrameLists, "_save", lambda self: saves.append(len(self._lists)) or real(self))
+    lists = FrameLists(tmp_path / "a.json", synthrooms_tiny, "uniform", 4)
+    check_scenes(synthrooms_tiny, scenes, "required", lists)
+    assert saves == [len(scenes)]
+    assert FrameLists(tmp_path / "a.json", synthrooms_tiny, "uniform", 4)._lists == lists._lists
+    check_scenes(synthrooms_tiny, scenes, "required", lists)  # nothing new: nothing written
+    assert saves == [len(scenes)]
+    samples = [Sample(f"q{i}", "scanqa", scene, "Q?", "A") for i, scene in enumerate(scenes)]
+    other = FrameLists(tmp_path / "b.json", synthrooms_tiny, "uniform", 4)
+    SceneSampleDataset(samples, synthrooms_tiny, other, lambda h, w: None, {}, {})
+    assert saves == [len(scenes)] * 2
+    third = FrameLists(tmp_path / "c.json", synthrooms_tiny, "uniform", 4)
+    with pytest.raises(SceneDataError), third.save_once():
+        third(scenes[0])
+        third("scene9999_99")  # no such scene
+    assert list(FrameLists(tmp_path / "c.json", synthrooms_tiny, "uniform", 4)._lists) == [scenes[0]]

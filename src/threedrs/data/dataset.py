@@ -65,8 +65,9 @@ class SceneSampleDataset(Dataset):
         self._scenes: dict[str, Scene] = {}  # opened in this process: intrinsics, alignment, poses read so far
         self.footprints, self.candidates, self.gt_boxes, self.cache = footprints, candidates, gt_boxes, cache
         scenes = sorted({s.scene_id for s in samples})
-        for scene_id in scenes:
-            frame_lists(scene_id)  # compute (and persist) every list now, not in a worker
+        with frame_lists.save_once():  # compute (and persist) every list now, not in a worker
+            for scene_id in scenes:
+                frame_lists(scene_id)
         if cache is not None:
             missing = [s for s in scenes if s not in cache]
             if missing:

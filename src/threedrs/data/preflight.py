@@ -14,6 +14,7 @@ naming the file and the record):
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,19 +53,20 @@ def check_scenes(root: Path, scene_ids: Sequence[str], axis_alignment: str, fram
                  progress: bool = False) -> None:
     """Each scene opens, gets its frame list (computed and kept now), whose frames all exist with valid poses,
     and its intrinsics fit its images."""
-    # the bar shows only when checking takes over a second (making frame lists can)
-    for scene_id in tqdm(scene_ids, desc="check scenes", unit="scene", disable=not progress, delay=1.0):
-        scene = Scene(root, scene_id, axis_alignment)
-        if frame_lists is None:
-            continue
-        frame_ids = frame_lists(scene_id)
-        for frame_id in dict.fromkeys(frame_ids):
-            try:
-                scene.check_frame(frame_id)
-            except SceneDataError as error:
-                raise SceneDataError(f"{frame_lists.path}: the frame list of {scene_id} names frame {frame_id}, "
-                                     f"which the export cannot use ({error}); delete the file to sample again")
-        scene.check_intrinsics(frame_ids[0])
+    # the bar shows only when checking takes over a second (making frame lists can); new lists are saved once
+    with frame_lists.save_once() if frame_lists is not None else contextlib.nullcontext():
+        for scene_id in tqdm(scene_ids, desc="check scenes", unit="scene", disable=not progress, delay=1.0):
+            scene = Scene(root, scene_id, axis_alignment)
+            if frame_lists is None:
+                continue
+            frame_ids = frame_lists(scene)
+            for frame_id in dict.fromkeys(frame_ids):
+                try:
+                    scene.check_frame(frame_id)
+                except SceneDataError as error:
+                    raise SceneDataError(f"{frame_lists.path}: the frame list of {scene_id} names frame {frame_id}, "
+                                         f"which the export cannot use ({error}); delete the file to sample again")
+            scene.check_intrinsics(frame_ids[0])
 
 
 def check_objects(samples: Sequence[Sample], objects: ObjectTable, where: Path) -> None:

@@ -19,6 +19,8 @@ twice, from different lists.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -119,8 +121,9 @@ class FrameLists:
     """The frame list of every scene for one (source, rule, k), computed once and kept in a JSON file.
 
     path: JSON file `{"rule": ..., "frames": k, "voxel": ..., "source": ..., "source_sha256": ..., "coverage_ratio":
-    ..., "scenes": {scene_id: [frame ids]}}`; created or extended on demand; a file written for another source (kind,
-    list file content or coverage ratio), rule or k is refused.
+    ..., "scenes": {scene_id: [frame ids]}}`; created or extended on demand (each new list is saved at once, or once
+    for a whole loop over scenes inside `save_once`); a file written for another source (kind, list file content or
+    coverage ratio), rule or k is refused.
     source: the candidate frames (default: all valid frames); axis_alignment: the scenes' alignment policy.
     """
 
@@ -134,6 +137,8 @@ class FrameLists:
         self.axis_alignment = axis_alignment
         self._identity = self.source.identity  # read once: the list file's digest
         self._lists: dict[str, list[str]] = self._read() if self.path.is_file() else {}
+        self._deferred = 0  # depth of open `save_once` blocks
+        self._unsaved = False  # lists computed inside them and not written yet
 
     def _read(self) -> dict[str, list[str]]:
         """The stored lists; SceneDataError naming the file (and key or scene) when it is damaged or foreign."""
@@ -168,8 +173,25 @@ class FrameLists:
             else:
                 candidates = self.source.candidates(obj)
                 self._lists[scene_id] = select_frames(obj, self.rule, self.k, self.voxel_size, candidates)
-            self._save()
+            if self._deferred:
+                self._unsaved = True
+            else:
+                self._save()
         return self._lists[scene_id]
+
+    @contextmanager
+    def save_once(self) -> Iterator[FrameLists]:
+        """A block whose new lists are written to the file once, when it ends (also when it fails: what was
+        computed is kept), for callers that loop over many scenes: saving after each new scene rewrites the whole
+        file every time, quadratic in the number of scenes."""
+        self._deferred += 1
+        try:
+            yield self
+        finally:
+            self._deferred -= 1
+            if not self._deferred and self._unsaved:
+                self._unsaved = False
+                self._save()
 
     def _save(self) -> None:
         """Merge this process's lists into the file, under its lock: processes that share a cache (the ranks of an
