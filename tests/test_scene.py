@@ -204,3 +204,19 @@ def test_token_points_of_a_frame_batch_equal_the_world_map_route(synthrooms_tiny
     assert points.dtype == torch.float64 and torch.equal(token_valid, expected_valid) and bool(token_valid.any())
     torch.testing.assert_close(points[token_valid], expected[token_valid], rtol=0, atol=1e-9)
     assert bool(points[~token_valid].isnan().all())
+
+
+def test_a_repeated_frame_is_decoded_once(tmp_path, monkeypatch):
+    """Uniform sampling pads a short scan with repeats: each distinct frame is read once, then copied."""
+    from threedrs.data import scene as scene_module
+
+    write_scene(tmp_path)
+    reads = []
+    for name in ("read_color", "read_depth"):
+        real = getattr(scene_module, name)
+        monkeypatch.setattr(scene_module, name, lambda path, real=real: reads.append(path.name) or real(path))
+    batch = Scene(tmp_path, "scene0000_00").load_frames(["00000", "00000", "00020", "00020", "00020"])
+    assert sorted(reads) == ["00000.jpg", "00000.png", "00020.jpg", "00020.png"]
+    assert batch.frame_ids == ["00000", "00000", "00020", "00020", "00020"] and batch.images.shape[0] == 5
+    assert torch.equal(batch.images[0], batch.images[1]) and torch.equal(batch.depth[2], batch.depth[4])
+    assert torch.equal(batch.poses[3], batch.poses[4]) and not torch.equal(batch.poses[0], batch.poses[2])

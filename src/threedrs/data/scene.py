@@ -256,11 +256,13 @@ class Scene:
                 raise SceneDataError(f"{self.frame_dir / (frame_id + suffix)}: {what} not found")
         self.pose(frame_id)
 
-    def check_intrinsics(self, frame_id: str) -> None:
-        """Both principal points inside their images, the sizes read from frame `frame_id`'s headers."""
-        for name, K, image in (("intrinsic.txt", self.color_K, f"{frame_id}.jpg"),
-                               ("depth_intrinsic.txt", self.depth_K, f"{frame_id}.png")):
-            check_principal_point(K, image_size(self.frame_dir / image), self.frame_dir / name,
+    def check_intrinsics(self, frame_id: str, color_size: tuple[int, int] | None = None,
+                         depth_size: tuple[int, int] | None = None) -> None:
+        """Both principal points inside their images: frame `frame_id`'s colour and depth images, of the (H, W)
+        sizes given (read from the images' headers when not given)."""
+        for name, K, image, size in (("intrinsic.txt", self.color_K, f"{frame_id}.jpg", color_size),
+                                     ("depth_intrinsic.txt", self.depth_K, f"{frame_id}.png", depth_size)):
+            check_principal_point(K, size or image_size(self.frame_dir / image), self.frame_dir / name,
                                   self.frame_dir / image)
 
     def load_frame(self, frame_id: str) -> Frame:
@@ -270,16 +272,15 @@ class Scene:
                      read_depth(self.frame_dir / f"{frame_id}.png"), pose)
 
     def load_frames(self, frame_ids: list[str]) -> FrameBatch:
-        """Read S frames (all of one size) into a FrameBatch; an empty list is an error."""
+        """Read S frames (all of one size) into a FrameBatch; an empty list is an error. A frame the list repeats
+        (uniform sampling pads short scans with repeats) is decoded once and copied."""
         if not frame_ids:
             raise SceneDataError(f"{self.scene_id}: empty frame list")
-        frames = [self.load_frame(f) for f in frame_ids]
+        decoded = {f: self.load_frame(f) for f in dict.fromkeys(frame_ids)}
+        frames = [decoded[f] for f in frame_ids]
         if len({f.color.shape for f in frames}) != 1 or len({f.depth.shape for f in frames}) != 1:
             raise SceneDataError(f"{self.frame_dir}: frames of different sizes cannot be batched")
-        check_principal_point(self.color_K, frames[0].color.shape[:2], self.frame_dir / "intrinsic.txt",
-                              self.frame_dir / f"{frame_ids[0]}.jpg")
-        check_principal_point(self.depth_K, frames[0].depth.shape, self.frame_dir / "depth_intrinsic.txt",
-                              self.frame_dir / f"{frame_ids[0]}.png")
+        self.check_intrinsics(frame_ids[0], frames[0].color.shape[:2], frames[0].depth.shape)
         images = np.empty((len(frames), *frames[0].color.shape), dtype=np.float32)  # [S, H, W, 3]
         for image, frame in zip(images, frames):  # uint8 -> float32 straight into place (no uint8 stack)
             np.copyto(image, frame.color, casting="unsafe")
