@@ -50,6 +50,7 @@ from threedrs.data.scene import FrameBatch, Scene, split_scene_ids
 from threedrs.evaluate import load_task
 from threedrs.extract import autocast_dtype, build_configured_teacher, encode_scene, extraction_scenes
 from threedrs.geometry import grid_footprints
+from threedrs.metrics.awareness import number
 from threedrs.metrics.correspondence import (
     CorrespondenceResult,
     DatasetCorrespondence,
@@ -87,10 +88,6 @@ class SceneScore:
                    r.recall_chance)
 
 
-def _number(value: float | None) -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{value:.4f}"
-
-
 def _measures(summary: DatasetCorrespondence, pooled: bool) -> list[str]:
     """Score, background, contrast (and recall, its chance) of a dataset summary: the means over scenes or the
     pooled ones."""
@@ -100,7 +97,7 @@ def _measures(summary: DatasetCorrespondence, pooled: bool) -> list[str]:
     else:
         cells = [summary.sample_mean, summary.background_mean, summary.contrast_mean]
         recall = [summary.recall_mean, None]
-    return [_number(x) for x in cells + (recall if summary.recall_mean is not None else [])]
+    return [number(x, 4) for x in cells + (recall if summary.recall_mean is not None else [])]
 
 
 READING = ("score: mean cosine of corresponding tokens (the paper's number); background: mean cosine of tokens "
@@ -139,7 +136,7 @@ class ProbeResult:
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for s in self.scenes:
             values = [s.score, s.background, s.contrast, *([s.recall, s.recall_chance] if recall else [])]
-            lines.append(f"| {s.scene_id} | " + " | ".join(_number(v) for v in values)
+            lines.append(f"| {s.scene_id} | " + " | ".join(number(v, 4) for v in values)
                          + f" | {s.pairs} | {s.voxels} | {s.tokens} | {s.source} |")
         for label, pooled in (("mean over scenes", False), ("pooled", True)):
             lines.append(f"| {label} | " + " | ".join(_measures(self.summary, pooled)) + " | | | | |")
@@ -300,13 +297,13 @@ class ModelProbeResult:
         for s in self.scenes:
             cells = [v for k in self.layers
                      for v in (s.scores[k], s.backgrounds[k], s.contrasts[k], *([s.recalls[k]] if recall else []))]
-            lines.append(f"| {s.scene_id} | " + " | ".join(_number(v) for v in cells)
-                         + (f" | {_number(s.recall_chance)}" if recall else "") + f" | {s.pairs} | {s.voxels} | "
+            lines.append(f"| {s.scene_id} | " + " | ".join(number(v, 4) for v in cells)
+                         + (f" | {number(s.recall_chance, 4)}" if recall else "") + f" | {s.pairs} | {s.voxels} | "
                          f"{s.tokens} |")
         first = self.summary[self.layers[0]]
         for label, pooled in (("mean over scenes", False), ("pooled", True)):
             cells = [c for k in self.layers for c in _measures(self.summary[k], pooled)[:len(names)]]
-            chance = [_number(first.recall_chance) if pooled else ""] if recall else []
+            chance = [number(first.recall_chance, 4) if pooled else ""] if recall else []
             counts = [str(first.pairs), str(first.voxels), ""] if pooled else ["", "", ""]
             lines.append(f"| {label} | " + " | ".join(cells + chance + counts) + " |")
         lines += ["", f"{first.scored_samples} of {first.samples} scenes have pairs."]

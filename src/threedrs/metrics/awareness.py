@@ -33,9 +33,9 @@ Study = dict[str, tuple[dict[str, list], list[float], str]]
 """benchmark -> ({label: per-sample values (`measure_values`)}, per-sample metric values, metric name), one run."""
 
 
-def number(value: float, digits: int = 3) -> str:
-    """``value`` with ``digits`` decimals, "–" when not finite."""
-    return f"{value:.{digits}f}" if math.isfinite(value) else "–"
+def number(value: float | None, digits: int = 3) -> str:
+    """``value`` with ``digits`` decimals, "–" when None or not finite."""
+    return f"{value:.{digits}f}" if value is not None and math.isfinite(value) else "–"
 
 
 def finite_mean(values: Sequence[float | None]) -> float:

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["RecallResult", "correspondence_recall"]
+from threedrs.metrics.correspondence_sums import NORM_EPS
 
-_NORM_EPS = 1e-12
+__all__ = ["RecallResult", "correspondence_recall"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def correspondence_recall(features: Tensor, points: Tensor, valid: Tensor, voxel
     query = mask.nonzero().squeeze(1)
     if query.numel() == 0:
         return RecallResult(math.nan, 0, math.nan)
-    column_scale = torch.where(mask, 1.0 / torch.linalg.vector_norm(flat, dim=1).clamp(min=_NORM_EPS), 0.0)
+    column_scale = torch.where(mask, 1.0 / torch.linalg.vector_norm(flat, dim=1).clamp(min=NORM_EPS), 0.0)
     frame_count = mask.reshape(frames, per_frame).sum(dim=1).to(torch.float64)
     query_frame = query // per_frame
     if radius is None:

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["BLOCK_ELEMENTS", "UnitSums", "VoxelCounts", "against_frames_sums", "background_of", "unit_sums"]
+__all__ = ["BLOCK_ELEMENTS", "NORM_EPS", "UnitSums", "VoxelCounts", "against_frames_sums", "background_of", "unit_sums"]
 
-_NORM_EPS = 1e-12  # as torch.nn.functional.normalize: a zero feature stays zero (cosine 0 with everything)
+NORM_EPS = 1e-12  # as torch.nn.functional.normalize: a zero feature stays zero (cosine 0 with everything)
 BLOCK_ELEMENTS = 1 << 19
 """float64 elements per block of tokens (4 MiB, cache-sized): a block holds max(1, BLOCK_ELEMENTS // C) tokens."""
 
@@ -92,7 +92,7 @@ def _unit_rows(features: Tensor, rows: Tensor, staged: Tensor, unit: Tensor) -> 
     out = unit[: rows.numel()]
     out.copy_(torch.index_select(features, 0, rows, out=staged[: rows.numel()]))
     norm = torch.linalg.vector_norm(out, dim=1)
-    scale = 1.0 / norm.clamp(min=_NORM_EPS)
+    scale = 1.0 / norm.clamp(min=NORM_EPS)
     out.mul_(scale[:, None])
     return out, (norm * scale).square()
 
@@ -119,7 +119,7 @@ def against_frames_sums(features: Tensor, mask: Tensor, frames: int, token: Tens
     for s in range(frames):
         rows = slice(s * per_frame, (s + 1) * per_frame)
         x = features[rows].to(dtype).masked_fill(~mask[rows, None], 0.0)  # an invalid token may hold NaN
-        w = torch.linalg.vector_norm(x, dim=1).clamp(min=_NORM_EPS).reciprocal().masked_fill(~mask[rows], 0.0)
+        w = torch.linalg.vector_norm(x, dim=1).clamp(min=NORM_EPS).reciprocal().masked_fill(~mask[rows], 0.0)
         frame_sum[s] = w @ x
         to_frame[rows] = w * (x @ frame_sum[s])
     against = torch.zeros(n_voxels, dtype=torch.float64, device=features.device)
