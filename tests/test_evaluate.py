@@ -56,9 +56,10 @@ def test_evaluate_all_benchmarks_writes_predictions_and_finite_scores(trained):
         assert [json.loads(line)["id"] for line in lines] == expected
         first = json.loads(lines[0])
         assert set(first["correspondence"]) == set(first["background"]) == set(first["contrast"]) == {"-1", "0"}
-        for layer, score in first["correspondence"].items():
-            if score is not None:  # the contrast is the score minus the background
-                assert first["contrast"][layer] == pytest.approx(score - first["background"][layer], abs=1e-12)
+        scored = {layer: score for layer, score in first["correspondence"].items() if score is not None}
+        assert scored, f"{bench}: no probed layer of the first sample has a score"
+        for layer, score in scored.items():  # the contrast is the score minus the background
+            assert first["contrast"][layer] == pytest.approx(score - first["background"][layer], abs=1e-12)
     numbers = finite_numbers(result.metrics["benchmarks"])
     assert numbers and all(math.isfinite(x) for x in numbers)
     stored = json.loads((result.run_dir / "metrics.json").read_text())
