@@ -118,6 +118,46 @@ def test_export_errors_are_one_line(exported, tmp_path, capsys):
         assert message in err and "\n" not in err, err
 
 
+def test_a_run_trained_from_the_export_is_evaluated_and_exported_with_its_own_weights(exported, synthrooms_tiny,
+                                                                                     tmp_path):
+    """model.path = an exported folder (threedrs_heads.json): the run's checkpoints, found or given, hold the whole
+    trained state, heads included; eval, probe and export use them, not the folder's weights and heads."""
+    from threedrs.evaluate import load_task, resolve_checkpoint
+
+    work, _, out = exported
+    cfg = make_config(synthrooms_tiny, work, f"model.path={out}", f"output_dir={tmp_path}/again")
+    train(cfg, progress=False)
+    last = tmp_path / "again" / "checkpoints" / "step_000002"
+    assert resolve_checkpoint(cfg) == last  # found: the newest checkpoint of the run trained from the folder
+    first = last.with_name("step_000001")
+    given = load_config(tmp_path / "again" / "config.yaml", [f"eval.checkpoint={first}"])
+    assert resolve_checkpoint(given) == first
+    # the export's own run (trained from the tiny base, not from OUT) does not shadow the export
+    assert resolve_checkpoint(load_config(work / "run" / "config.yaml", [f"model.path={out}"])) is None
+
+    trained = load_file(str(last / "model.safetensors"))
+    folder = load_file(str(out / "threedrs_heads.safetensors"))
+    assert not torch.equal(trained["heads.-1.net.2.weight"], folder["heads.-1.net.2.weight"])  # the heads trained
+    state = load_task(cfg, last).state_dict()
+    for name, tensor in trained.items():
+        assert torch.equal(state[name], tensor), name
+
+    result = export_run(tmp_path / "again", tmp_path / "out")
+    meta = json.loads((result.out / "threedrs_heads.json").read_text())
+    assert meta["source"]["step"] == 2 and meta["source"]["base_model"] == str(out)
+    heads = load_file(str(result.out / "threedrs_heads.safetensors"))
+    for name, tensor in heads.items():
+        assert torch.equal(tensor, trained[name]), name
+    from transformers import AutoModelForImageTextToText
+
+    exported_model = AutoModelForImageTextToText.from_pretrained(result.out, local_files_only=True).state_dict()
+    prefix = "adapter.model.model.language_model.layers.0.self_attn.q_proj"
+    base, a, b = (trained[f"{prefix}.{k}"] for k in ("base_layer.weight", "lora_A.default.weight",
+                                                     "lora_B.default.weight"))
+    torch.testing.assert_close(exported_model["model.language_model.layers.0.self_attn.q_proj.weight"],
+                               base + (LORA_ALPHA / LORA_RANK) * b @ a)
+
+
 def test_eval_of_an_export_refuses_a_different_config_before_loading(exported):
     from threedrs.evaluate import load_task, resolve_checkpoint
 
@@ -125,5 +165,6 @@ def test_eval_of_an_export_refuses_a_different_config_before_loading(exported):
     base = [f"model.path={out}"]
     with pytest.raises(ConfigError, match=r"align\.posenc: .* exported from a run with align\.posenc=True"):
         load_task(load_config(work / "run" / "config.yaml", base + ["align.posenc=false"]), None)
-    with pytest.raises(ConfigError, match=r"eval\.checkpoint: .* is an exported run"):
+    # eval.checkpoint is honoured with an exported model.path too (test above); a folder without weights is named
+    with pytest.raises(FileNotFoundError, match=r"run: not a training checkpoint \(no model\.safetensors\)"):
         resolve_checkpoint(load_config(work / "run" / "config.yaml", base + [f"eval.checkpoint={work}/run"]))

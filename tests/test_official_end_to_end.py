@@ -94,6 +94,12 @@ def test_training_starts_from_the_folder_and_its_heads(converted, synthrooms_tin
     name = "model.language_model.layers.0.mlp.up_proj.weight"
     moved = (trained[f"adapter.model.{name}"] - base[name].float()).abs().max()
     assert 0 < moved < 1e-3
+    # eval of this run evaluates its checkpoint (the trained LLM), not the converted folder
+    from threedrs.evaluate import load_task, resolve_checkpoint
+
+    assert resolve_checkpoint(cfg) == result.checkpoint
+    evaluated = load_task(cfg, result.checkpoint).state_dict()[f"adapter.model.{name}"]
+    assert torch.equal(evaluated, trained[f"adapter.model.{name}"])
 
 
 def test_the_data_carry_their_points(converted, synthrooms_tiny):

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from threedrs.align.saved_heads import HEAD_PREFIXES, META_FILE, check_export_settings, is_exported, read_heads
 from threedrs.align.task import AlignTask
 from threedrs.checkpoint import model_sha256, newest_checkpoint, read_model_weights
-from threedrs.config import ConfigError, ExperimentConfig
+from threedrs.config import ExperimentConfig
 from threedrs.data.batch import Batch, collate
 from threedrs.data.dataset import Candidates, SceneSampleDataset, pixel_options
 from threedrs.data.instances import SceneDataError
@@ -41,7 +41,7 @@ from threedrs.locking import FileLock
 from threedrs.metrics.correspondence import correspondence_score
 from threedrs.models.base import token_embedding_offsets
 from threedrs.models.loading import Placement, compute_device, inference_placement
-from threedrs.provenance import file_sha256
+from threedrs.provenance import file_sha256, read_record
 
 
 @dataclass
@@ -53,13 +53,12 @@ class EvalResult:
 
 
 def resolve_checkpoint(cfg: ExperimentConfig) -> Path | None:
-    """The checkpoint folder to evaluate: eval.checkpoint, else the newest under output_dir; None for "none" and for
-    a model.path written by `threedrs export` (its weights and heads are the trained model)."""
-    if is_exported(cfg.model.path):
-        if cfg.eval.checkpoint not in (None, "none"):
-            raise ConfigError(f"eval.checkpoint: model.path={cfg.model.path} is an exported run (weights and heads "
-                              "included); unset eval.checkpoint")
-        return None
+    """The training checkpoint folder to evaluate: eval.checkpoint, else the newest under output_dir; None for "none".
+
+    A model.path written by `threedrs export` or `convert-official` is a trained model itself: with eval.checkpoint
+    unset it is evaluated as it is (None), unless output_dir holds a run trained from it (its provenance record
+    names this model.path), whose newest checkpoint is evaluated. A checkpoint always wins over the folder's heads:
+    it holds the whole trained state, heads included."""
     if cfg.eval.checkpoint == "none":
         return None
     if cfg.eval.checkpoint:
@@ -67,16 +66,30 @@ def resolve_checkpoint(cfg: ExperimentConfig) -> Path | None:
         if not (path / "model.safetensors").is_file():
             raise FileNotFoundError(f"{path}: not a training checkpoint (no model.safetensors)")
         return path
+    if is_exported(cfg.model.path) and not _trained_from(Path(cfg.output_dir), cfg.model.path):
+        return None
     found = newest_checkpoint(Path(cfg.output_dir))
     if found is None:
         raise FileNotFoundError(f"no checkpoint under {Path(cfg.output_dir) / 'checkpoints'}; train first or set "
-                                "eval.checkpoint=none to evaluate the untrained model")
+                                f"eval.checkpoint=none to evaluate {cfg.model.path or 'the untrained model'} as it is")
     return found
 
 
+def _trained_from(run: Path, model_path: str) -> bool:
+    """Whether the training run in folder `run` started from `model_path` (its provenance record says so)."""
+    record = read_record(run)
+    started = ((record or {}).get("config") or {}).get("model.path")
+    return started is not None and Path(started).resolve() == Path(model_path).resolve()
+
+
 def checkpoint_identity(cfg: ExperimentConfig, checkpoint: Path | None) -> dict:
-    """{"path", "sha256"} of the weights evaluated (checked against the checkpoint's state.json); printed. An
-    exported model.path is identified by its threedrs_heads.json (source checkpoint, its sha256, step, dtype)."""
+    """{"path", "sha256"} of the weights evaluated (checked against the checkpoint's state.json); printed. Without a
+    checkpoint, an exported model.path is identified by its threedrs_heads.json (source checkpoint, its sha256, step,
+    dtype)."""
+    if checkpoint is not None:
+        sha = model_sha256(checkpoint)
+        print(f"evaluating checkpoint {checkpoint} (model.safetensors sha256 {sha[:12]})")
+        return {"path": str(checkpoint), "sha256": sha}
     if is_exported(cfg.model.path):
         meta = read_heads(cfg.model.path).meta
         check_export_settings(meta, cfg)
@@ -87,29 +100,29 @@ def checkpoint_identity(cfg: ExperimentConfig, checkpoint: Path | None) -> dict:
         else:
             print(f"evaluating the export {cfg.model.path} (step {source['step']} of {source['run']}, {meta['dtype']})")
         return {"path": str(cfg.model.path), "sha256": file_sha256(Path(cfg.model.path) / META_FILE)}
-    if checkpoint is None:
-        print(f"evaluating the untrained model ({cfg.model.path or 'tiny random model'}; eval.checkpoint=none)")
-        return {"path": None, "sha256": None}
-    sha = model_sha256(checkpoint)
-    print(f"evaluating checkpoint {checkpoint} (model.safetensors sha256 {sha[:12]})")
-    return {"path": str(checkpoint), "sha256": sha}
+    print(f"evaluating the untrained model ({cfg.model.path or 'tiny random model'}; eval.checkpoint=none)")
+    return {"path": None, "sha256": None}
 
 
 def load_task(cfg: ExperimentConfig, checkpoint: Path | None, placement: Placement | None = None) -> AlignTask:
-    """The AlignTask of `cfg` with the checkpoint's weights (heads included; head sizes read from the file), placed
-    as `placement` says (default: `inference_placement` on `compute_device()`, the checks run first). A model.path
-    written by `threedrs export` brings its own heads (align/saved_heads.py; LoRA already merged)."""
+    """The AlignTask of `cfg` with the weights of training checkpoint `checkpoint` (heads included; head sizes read
+    from the file), placed as `placement` says (default: `inference_placement` on `compute_device()`, the checks run
+    first). Without a checkpoint, a model.path written by `threedrs export` or `convert-official` brings its own heads
+    (align/saved_heads.py; LoRA already merged), after its recorded settings are checked against `cfg`; a checkpoint
+    of a run trained from such a folder holds the whole trained state and wins."""
     from threedrs.models.registry import build_adapter
     from threedrs.train import apply_lora
 
     placement = placement or inference_placement(cfg.model, compute_device())
-    saved = read_heads(cfg.model.path) if is_exported(cfg.model.path) else None
-    if saved is not None:
+    saved = None
+    if checkpoint is not None:
+        state, source = read_model_weights(checkpoint), checkpoint
+    elif is_exported(cfg.model.path):
+        saved = read_heads(cfg.model.path)
         check_export_settings(saved.meta, cfg)
         state, source = saved.state, Path(cfg.model.path)
     else:
-        state = read_model_weights(checkpoint) if checkpoint is not None else {}
-        source = checkpoint
+        state, source = {}, None
     head_keys = [k for k in state if re.fullmatch(r"heads\.-?\d+\.net\.2\.weight", k)]
     teacher_dim = int(state[head_keys[0]].shape[0]) if head_keys else None
     loss = cfg.align.loss if (teacher_dim is not None or cfg.align.loss == "correspondence") else "none"

@@ -245,7 +245,9 @@ class EvalConfig:
 
     benchmarks: list[str] = field(default_factory=lambda: list(TASK_NAMES))  # benchmarks to evaluate
     split: Literal["train", "val", "test"] = "val"  # annotation split (SQA3D's paper split is test)
-    checkpoint: str | None = None  # training checkpoint folder; None = newest under output_dir; "none" = untrained
+    # training checkpoint folder; None = newest under output_dir (for an exported model.path: the folder itself
+    # unless output_dir holds a run trained from it); "none" = the model as configured, untrained
+    checkpoint: str | None = None
     proposals: str = "metadata/scannet_val_pred_box.json"  # detector boxes, relative to data.root (V3D table)
     batch_size: int = 4  # samples per forward / generate call
     max_new_tokens: int = 24  # greedy decoding length for Scan2Cap, ScanQA and SQA3D
