@@ -104,6 +104,35 @@ def test_export_in_bfloat16_writes_bfloat16_weights(exported, tmp_path):
     assert json.loads((out / "threedrs_heads.json").read_text())["source"]["step"] == 1
 
 
+def test_export_hashes_the_model_once_and_refuses_a_damaged_one_before_loading(exported, tmp_path, monkeypatch):
+    import shutil
+
+    import threedrs.checkpoint as checkpoint_module
+    from threedrs.checkpoint import CorruptCheckpointError
+
+    work, _, _ = exported
+    hashed = []
+    real = checkpoint_module.file_sha256
+    monkeypatch.setattr(checkpoint_module, "file_sha256", lambda path: hashed.append(path.name) or real(path))
+    export_run(work / "run", tmp_path / "out")
+    assert hashed == ["model.safetensors"]  # the one file export reads, once (the optimizer state is not read)
+
+    run = tmp_path / "damaged"
+    shutil.copytree(work / "run", run)
+    model = run / "checkpoints" / "step_000002" / "model.safetensors"
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 0xFF  # same size, other content
+    model.write_bytes(bytes(data))
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("threedrs.models.registry.build_adapter", no_model)
+    with pytest.raises(CorruptCheckpointError, match=r"model\.safetensors: content does not match the sha256"):
+        export_run(run, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+
 def test_export_errors_are_one_line(exported, tmp_path, capsys):
     work, _, out = exported
     (tmp_path / "empty").mkdir()

@@ -46,9 +46,12 @@ class ExportResult:
     lora_layers: int
 
 
-def run_checkpoint(run: Path, step: int | None) -> tuple[Path, dict]:
-    """RUN/checkpoints/step_N (newest when `step` is None), verified (`threedrs.checkpoint.verify_checkpoint`), and
-    its state.json; one-line errors for a run without checkpoints, a missing step and a sharded checkpoint."""
+def run_checkpoint(run: Path, step: int | None) -> tuple[Path, dict, str]:
+    """RUN/checkpoints/step_N (newest when `step` is None), its state.json and its model's sha256, checked before
+    anything loads: the folder against state.json (`threedrs.checkpoint.verify_checkpoint`: files and sizes) and
+    model.safetensors, the one file export reads, against its recorded sha256 (`model_sha256`: hashed once, the
+    optimizer state is not hashed). One-line errors for a run without checkpoints, a missing step, a sharded
+    checkpoint and a damaged model file."""
     done = step_folders(run)
     if not done:
         raise FileNotFoundError(f"{run}: no checkpoint under {run / 'checkpoints'} (train first; checkpoints are "
@@ -57,11 +60,11 @@ def run_checkpoint(run: Path, step: int | None) -> tuple[Path, dict]:
     if checkpoint not in done:
         steps = ", ".join(str(int(p.name.removeprefix("step_"))) for p in done)
         raise FileNotFoundError(f"--step {step}: no checkpoint {checkpoint}; this run has steps {steps}")
-    state = verify_checkpoint(checkpoint)
+    state = verify_checkpoint(checkpoint, hash_files=False)
     if state.get("sharded") or not (checkpoint / "model.safetensors").is_file():
         raise FileNotFoundError(f"{checkpoint}: no model.safetensors (a sharded FSDP or DeepSpeed checkpoint); "
                                 "consolidate it first (accelerate merge-weights, or DeepSpeed's zero_to_fp32.py)")
-    return checkpoint, state
+    return checkpoint, state, model_sha256(checkpoint)
 
 
 def merge_lora(model: nn.Module) -> int:
@@ -91,7 +94,7 @@ def export_run(run: str | Path, out: str | Path, step: int | None = None, dtype:
         raise ValueError(f"--dtype: {dtype!r} is not one of auto, {', '.join(DTYPES)}")
     if out.exists():
         raise FileExistsError(f"{out}: already exists; choose a new folder")
-    checkpoint, state = run_checkpoint(run, step)
+    checkpoint, state, sha = run_checkpoint(run, step)
     cfg = load_config(config_file)
     base = cfg.model.path
     target = DTYPES[dtype] if dtype != "auto" else (checkpoint_dtype(base) if base else torch.float32)
@@ -101,7 +104,7 @@ def export_run(run: str | Path, out: str | Path, step: int | None = None, dtype:
     meta = export_meta(cfg, task) | {
         "lora_merged": lora_layers > 0, "dtype": str(target).removeprefix("torch."),
         "source": {"run": str(run), "checkpoint": checkpoint.name, "step": state["step"],
-                   "sha256": model_sha256(checkpoint), "base_model": base}}
+                   "sha256": sha, "base_model": base}}
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
