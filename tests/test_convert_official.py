@@ -124,6 +124,46 @@ def test_converting_twice_gives_identical_bytes(converted, tmp_path):
     assert all(filecmp.cmp(out / n, again / n, shallow=False) for n in names)
 
 
+def test_the_reader_reads_one_tensor_at_a_time(converted, monkeypatch):
+    """Each safetensors file is opened once and only the tensors asked for are read (a 7B bfloat16 checkpoint is
+    ~15 GB: no file is read whole and kept for the conversion)."""
+    import safetensors
+
+    from threedrs.convert_official import _Reader
+    from threedrs.official_checkpoint import read_checkpoint
+
+    src, _ = converted
+    checkpoint = read_checkpoint(src)
+    real, opened, read = safetensors.safe_open, [], []
+
+    class Counting:
+        def __init__(self, path, framework):
+            self.handle = real(path, framework)
+            opened.append(path.rsplit("/", 1)[-1])
+
+        def __enter__(self):
+            self.handle.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.handle.__exit__(*exc)
+
+        def keys(self):
+            return self.handle.keys()
+
+        def get_tensor(self, name):
+            read.append(name)
+            return self.handle.get_tensor(name)
+
+    monkeypatch.setattr(safetensors, "safe_open", Counting)
+    first = sorted(n for n, t in checkpoint.tensors.items() if t.file == "model-00001-of-00002.safetensors")
+    source = official_tensors("3drs")
+    with _Reader(checkpoint) as reader:
+        for name in first[:2]:
+            assert torch.equal(reader(name), source[name])
+    assert len(first) > 2 and read == first[:2] and opened == ["model-00001-of-00002.safetensors"]
+
+
 def test_a_video3dllm_checkpoint_in_bin_shards(tmp_path):
     src = write_official_checkpoint(tmp_path / "v3d", kind="video3dllm", weights="bin")
     result = convert_official(src, tmp_path / "out")

@@ -24,6 +24,7 @@ import json
 import shutil
 import tempfile
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,16 +184,42 @@ def _padded(tensor: Tensor, rows: int) -> Tensor:
 
 
 class _Reader:
-    """Source tensors by name, each file opened once (safetensors lazily, .bin memory-mapped)."""
+    """Source tensors by name, read one at a time when asked: each safetensors file is opened once and its handle
+    kept until `close` (only the header is read on opening), each .bin file is memory-mapped once
+    (`torch.load(mmap=True)`, official_checkpoint.py). Use as a context manager."""
 
     def __init__(self, checkpoint: OfficialCheckpoint):
-        self.checkpoint, self.files = checkpoint, {}
+        self.checkpoint = checkpoint
+        self.files: dict[str, object] = {}  # file name -> safe_open handle, or the .bin's memory-mapped state dict
+        self._handles = ExitStack()
 
     def __call__(self, name: str) -> Tensor:
         file = self.checkpoint.tensors[name].file
         if file not in self.files:
-            self.files[file] = self.checkpoint.load(file)
-        return self.files[file][name]
+            self.files[file] = self._open(file)
+        source = self.files[file]
+        return source[name] if isinstance(source, dict) else source.get_tensor(name)
+
+    def _open(self, file: str):
+        path = self.checkpoint.folder / file
+        if path.suffix != ".safetensors":
+            return self.checkpoint.load(file)
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            return self._handles.enter_context(safe_open(str(path), "pt"))
+        except (SafetensorError, OSError) as exc:
+            raise OfficialCheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+
+    def close(self) -> None:
+        self._handles.close()
+        self.files.clear()
+
+    def __enter__(self) -> _Reader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _write_weights(folder: Path, targets: dict[str, str], read: _Reader, rows: int) -> None:
@@ -275,9 +302,9 @@ def _write_folder(folder: Path, checkpoint: OfficialCheckpoint, tokenizer, confi
     LlavaOnevisionImageProcessorPil(image_mean=[0.5] * 3, image_std=[0.5] * 3, size={"height": side, "width": side},
                                     do_pad=False).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    read = _Reader(checkpoint)
-    _write_weights(folder, model_map, read, rows)
-    write_head_tensors({target: read(source).contiguous() for target, source in head_map.items()}, folder, meta)
+    with _Reader(checkpoint) as read:
+        _write_weights(folder, model_map, read, rows)
+        write_head_tensors({target: read(source).contiguous() for target, source in head_map.items()}, folder, meta)
 
 
 def main_convert(args: argparse.Namespace) -> None:
