@@ -96,6 +96,26 @@ def test_fifty_and_twelve_and_a_half_percent_on_hand_made_boxes():
     assert int(far.sum()) == 0
 
 
+def test_each_box_mask_is_built_once_for_both_grids(monkeypatch):
+    import threedrs.pixel_blocks as pixel_blocks
+
+    grid = PixelGrid(side=10, patch=3, grid=2)  # patch cells span 9 pixels, token blocks 8: other spans
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.rand(2, 10, 10, 3, generator=gen, dtype=torch.float64)
+    boxes = torch.tensor([[0.5, 0.5, 0.5, 0.6, 0.6, 0.6], [0.3, 0.7, 0.5, 0.5, 0.5, 1.0],
+                          [5.0, 5.0, 5.0, 0.1, 0.1, 0.1]], dtype=torch.float64)
+    patches, tokens = pixel_blocks.cell_counts_per_grid(pixels, boxes, [(grid.patch, grid.patches),
+                                                                        (grid.block, grid.grid)])
+    assert torch.equal(patches, cell_counts(pixels, boxes, grid.patch, grid.patches))
+    assert torch.equal(tokens, cell_counts(pixels, boxes, grid.block, grid.grid))
+    assert patches.sum() > 0 and tokens.sum() > 0 and tokens.shape == (3, 2, 2, 2)
+    built = []
+    real = pixel_blocks.box_mask
+    monkeypatch.setattr(pixel_blocks, "box_mask", lambda *args: built.append(1) or real(*args))
+    pixel_share_features(torch.zeros(2, 3, 3, 4), torch.zeros(2, 2, 2, 4), pixels, boxes, grid)
+    assert len(built) == len(boxes)
+
+
 def test_pixel_share_features_average_patches_plus_centre_and_states():
     pixels = _unit_pixels()
     d = 6

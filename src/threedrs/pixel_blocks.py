@@ -17,6 +17,7 @@ Shapes: S frames, `side` pixels per side; points in metres, float.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -76,21 +77,34 @@ def block_points(pixels: Tensor, grid: PixelGrid) -> Tensor:
     return covered.reshape(frames, g, b, g, b, 3).mean(dim=(2, 4))
 
 
+def box_mask(pixels: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """Which pixels [S, H, W, 3] lie in the box with corners lo, hi [3] (inclusive): [S, H, W] bool."""
+    return ((pixels >= lo) & (pixels <= hi)).all(-1)
+
+
 def cell_counts(pixels: Tensor, boxes: Tensor, cell: int, cells: int) -> Tensor:
     """How many pixels of each `cell` x `cell` cell of a `cells` x `cells` grid lie in each box.
 
     pixels: [S, side, side, 3] metres; boxes: [P, 6] `[cx, cy, cz, dx, dy, dz]` (inclusive bounds).
     Returns [P, S, cells, cells] int64 counts (cells start at pixel 0; pixels beyond cells * cell are ignored).
     """
-    span = cell * cells
+    return cell_counts_per_grid(pixels, boxes, [(cell, cells)])[0]
+
+
+def cell_counts_per_grid(pixels: Tensor, boxes: Tensor, grids: Sequence[tuple[int, int]]) -> list[Tensor]:
+    """`cell_counts` for several (cell, cells) grids of the same pixels at once: each box's pixel mask
+    [S, span, span] (`box_mask`, span the largest cell * cells) is built once and counted for every grid.
+    Returns one [P, S, cells, cells] int64 tensor per grid, in the order of `grids`."""
+    span = max(cell * cells for cell, cells in grids)
     covered = pixels[:, :span, :span]
     frames = covered.shape[0]
     lo = (boxes[:, :3] - boxes[:, 3:] / 2).to(covered.dtype)
     hi = (boxes[:, :3] + boxes[:, 3:] / 2).to(covered.dtype)
-    counts = []
+    counts: list[list[Tensor]] = [[] for _ in grids]
     for p in range(boxes.shape[0]):  # one box at a time keeps memory at one [S, span, span] mask
-        inside = ((covered >= lo[p]) & (covered <= hi[p])).all(-1)
-        counts.append(inside.reshape(frames, cells, cell, cells, cell).sum(dim=(2, 4)))
-    if not counts:
-        return torch.zeros(0, frames, cells, cells, dtype=torch.int64, device=pixels.device)
-    return torch.stack(counts)
+        inside = box_mask(covered, lo[p], hi[p])
+        for out, (cell, cells) in zip(counts, grids):
+            size = cell * cells
+            out.append(inside[:, :size, :size].reshape(frames, cells, cell, cells, cell).sum(dim=(2, 4)))
+    return [torch.stack(out) if out else torch.zeros(0, frames, cells, cells, dtype=torch.int64, device=pixels.device)
+            for out, (_, cells) in zip(counts, grids)]

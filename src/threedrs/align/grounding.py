@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from threedrs.align.posenc import PositionEncodingRange, position_encoding
-from threedrs.pixel_blocks import PixelGrid, cell_counts
+from threedrs.pixel_blocks import PixelGrid, cell_counts_per_grid
 
 PATCH_SHARE = 0.5  # a vision patch belongs to a box when at least this share of its pixels is inside (patch14)
 TOKEN_SHARE = 0.125  # a pooled token belongs to a box when at least this share of its block is inside
@@ -75,8 +75,10 @@ def pixel_share_features(patches: Tensor, states: Tensor, pixels: Tensor, boxes:
     The shares are counted as their code counts them: int(p * p * 0.5) and int(b * b * 0.125) pixels (98 and 91).
     """
     d = patches.shape[-1]
-    patch_in = cell_counts(pixels, boxes, grid.patch, grid.patches) >= int(grid.patch ** 2 * PATCH_SHARE)
-    token_in = cell_counts(pixels, boxes, grid.block, grid.grid) >= int(grid.block ** 2 * TOKEN_SHARE)
+    patch_counts, token_counts = cell_counts_per_grid(pixels, boxes, [(grid.patch, grid.patches),
+                                                                     (grid.block, grid.grid)])
+    patch_in = patch_counts >= int(grid.patch ** 2 * PATCH_SHARE)
+    token_in = token_counts >= int(grid.block ** 2 * TOKEN_SHARE)
     from_patches = _masked_means(patch_in.flatten(1), patches.reshape(-1, d))
     from_patches = from_patches + _centre_encoding(boxes, d, spec, patches.dtype)
     from_states = _masked_means(token_in.flatten(1), states.reshape(-1, d).to(patches.dtype))
