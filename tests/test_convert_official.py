@@ -214,6 +214,15 @@ def test_a_shape_that_does_not_match_its_config(source_copy, tmp_path, capsys):
     assert "model.layers.0.mlp.down_proj.weight has shape [64, 128], its config gives [64, 96]" in err
 
 
+def test_a_head_of_another_width(source_copy, tmp_path, capsys):
+    weight_map = json.loads((source_copy / "model.safetensors.index.json").read_text())["weight_map"]
+    shard = source_copy / weight_map["ground_head_obj.3.weight"]
+    tensors = load_file(str(shard)) | {"ground_head_obj.3.weight": torch.zeros(64, 32, dtype=torch.bfloat16)}
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    err = _convert_fails(source_copy, tmp_path / "out", capsys)
+    assert f"{shard.name}: ground_head_obj.3.weight has shape [64, 32], its config gives [64, 64]" in err
+
+
 def test_an_unknown_tensor(source_copy, tmp_path, capsys):
     shard = source_copy / "model-00001-of-00002.safetensors"
     tensors = load_file(str(shard)) | {"model.mystery.weight": torch.zeros(2)}

@@ -135,14 +135,16 @@ def _expected_model_shapes(config) -> dict[str, tuple[int, ...]]:
 
 
 def _expected_head_shapes(hidden: int, teacher: int | None) -> dict[str, tuple[int, ...]]:
-    shapes = {"grounding.no_target": (hidden,)}
-    for mlp in ("query_mlp", "object_mlp"):
-        shapes |= {f"grounding.{mlp}.{i}.{p}": (hidden, hidden) if p == "weight" and i != 2 else (hidden,)
-                   for i in (0, 2, 3) for p in ("weight", "bias")}
-    if teacher is not None:
-        shapes |= {"heads.-1.net.0.weight": (2 * hidden, hidden), "heads.-1.net.0.bias": (2 * hidden,),
-                   "heads.-1.net.2.weight": (teacher, 2 * hidden), "heads.-1.net.2.bias": (teacher,)}
-    return shapes
+    """AlignTask name -> shape of the heads the folder holds: the grounding head, and the alignment head of the
+    supervised layer when the checkpoint has one (`teacher` channels); built on the meta device (nothing allocated)."""
+    from threedrs.align.grounding import GroundingHead
+    from threedrs.align.head import AlignmentHead
+
+    with torch.device("meta"):
+        heads = {"grounding": GroundingHead(hidden)}
+        if teacher is not None:
+            heads |= {f"heads.{layer}": AlignmentHead(hidden, teacher) for layer in OFFICIAL_ALIGN["layers"]}
+    return {f"{prefix}.{k}": tuple(v.shape) for prefix, module in heads.items() for k, v in module.state_dict().items()}
 
 
 def plan(checkpoint: OfficialCheckpoint, config, source_rows: int) -> tuple[dict[str, str], dict[str, str]]:
