@@ -8,7 +8,7 @@ import pytest
 
 from threedrs.checkpoint_state import load_optimizer
 from threedrs.json_files import read_json_file
-from threedrs.models.placeholder import checkpoint_config
+from threedrs.models.loading import checkpoint_model_type
 from threedrs.teachers.base import build_teacher
 from threedrs.teachers.hf2d import ModelFolderError
 
@@ -77,10 +77,10 @@ def test_hint_follows_every_message(tmp_path):
 def test_damaged_model_config_is_named_by_the_adapter_check(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llava_onevision",')
     with pytest.raises(ValueError, match=r"config\.json: not valid JSON"):
-        checkpoint_config(tmp_path, "llava_onevision")
+        checkpoint_model_type(tmp_path, ("llava_onevision",), "expected 'llava_onevision'")
     (tmp_path / "config.json").write_text('["llava_onevision"]')
     with pytest.raises(ValueError, match=r"config\.json: expected a JSON object"):
-        checkpoint_config(tmp_path, "llava_onevision")
+        checkpoint_model_type(tmp_path, ("llava_onevision",), "expected 'llava_onevision'")
 
 
 def test_damaged_teacher_config_is_a_model_folder_error(tmp_path):

@@ -316,15 +316,16 @@ def test_bad_inputs_raise_clear_errors(adapter):
 
 
 def test_from_pretrained_bad_directories(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model directory not found"):
+    with pytest.raises(FileNotFoundError, match="checkpoint directory not found"):
         Qwen2VLAdapter.from_pretrained(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="config.json"):
         Qwen2VLAdapter.from_pretrained(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
     with pytest.raises(FileNotFoundError, match="preprocessor_config.json"):
         Qwen2VLAdapter.from_pretrained(tmp_path)
     (tmp_path / "preprocessor_config.json").write_text("{}")
-    with pytest.raises(ValueError, match="not a Qwen2-VL checkpoint"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match="config.json: model_type is 'llama', not a Qwen2-VL checkpoint"):
         Qwen2VLAdapter.from_pretrained(tmp_path)
 
 

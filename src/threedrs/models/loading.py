@@ -22,6 +22,7 @@ Where the weights go (`Placement.device`):
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,24 @@ class Placement:
         where = {"cpu": "read into host memory", "meta": "not read (shapes only; rank 0 sends the weights)"}
         dtype, kernel = str(self.dtype).removeprefix("torch."), self.attn_implementation
         return f"{dtype} weights {where.get(self.device, f'streamed to {self.device}')}, {kernel} attention"
+
+
+def checkpoint_model_type(path: str | Path, accepted: Collection[str], refusal: str) -> str:
+    """config.json's model_type of the LOCAL checkpoint folder `path`, checked before anything loads.
+
+    accepted: the model types the caller loads; refusal: how the one-line ValueError ends when config.json names
+    another ("<path>/config.json: model_type is '<found>', <refusal>"). FileNotFoundError for a missing folder or
+    config.json."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {folder}")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"checkpoint has no config.json: {config_file}")
+    found = read_json_file(config_file, ValueError, expect=dict).get("model_type")
+    if found not in accepted:
+        raise ValueError(f"{config_file}: model_type is {found!r}, {refusal}")
+    return found
 
 
 def checkpoint_dtype(path: str | Path) -> torch.dtype:

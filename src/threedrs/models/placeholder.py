@@ -31,10 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoTokenizer
 
-from threedrs.json_files import read_json_file
 from threedrs.models.base import (AdapterOutput, MLLMAdapter, VisualTokens, answer_cross_entropy, check_frames,
                                   drop_answer_loss)
-from threedrs.models.loading import Placement, load_pretrained
+from threedrs.models.loading import Placement, checkpoint_model_type, load_pretrained
 from threedrs.models.prompt import (ChatTemplate, PromptBuilder, TokenBatch, VisualLayout, check_texts,
                                     read_chat_template)
 
@@ -47,20 +46,6 @@ def tiny_text_config(vocab_size: int) -> dict:
     return dict(model_type="qwen2", vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                 tie_word_embeddings=False)
-
-
-def checkpoint_config(path: str | Path, model_type: str) -> Path:
-    """Check that `path` is a local HF checkpoint directory of `model_type` (config.json's model_type)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory not found: {path}")
-    config = path / "config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"checkpoint has no config.json: {config}")
-    found = read_json_file(config, ValueError, expect=dict).get("model_type")
-    if found != model_type:
-        raise ValueError(f"{config}: model_type is {found!r}, expected {model_type!r}")
-    return path
 
 
 def grid_boxes(row_edges: list[Fraction], col_edges: list[Fraction], height: int, width: int) -> Tensor:
@@ -152,7 +137,8 @@ class PlaceholderAdapter(MLLMAdapter):
         placement: dtype, device and attention kernel (models/loading.py; None = float32 on the CPU);
         options: family options passed to the constructor (LLaVA: `newline`).
         """
-        path = checkpoint_config(path, cls.model_type)
+        checkpoint_model_type(path, (cls.model_type,), f"expected {cls.model_type!r}")
+        path = Path(path)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         cls.check_tokenizer(tokenizer, AutoConfig.from_pretrained(path, local_files_only=True), f"{path}: tokenizer")
         template = read_chat_template(path, tokenizer, cls.family)

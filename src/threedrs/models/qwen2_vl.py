@@ -30,10 +30,9 @@ from transformers import (AutoTokenizer, GenerationConfig, Qwen2_5_VLConfig, Qwe
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from threedrs.json_files import read_json_file
 from .base import (IGNORE_INDEX, AdapterOutput, MLLMAdapter, VisualTokens, answer_cross_entropy, check_frames,
                    drop_answer_loss)
-from .loading import Placement, load_pretrained
+from .loading import Placement, checkpoint_model_type, load_pretrained
 from .prompt import ChatTemplate, PromptBuilder, TokenBatch, VisualLayout, check_texts, read_chat_template
 from .qwen2_vl_pixels import PixelSpec, check_image_size, footprint_boxes, patchify, resize_frames
 from .tiny import offline_tokenizer
@@ -112,17 +111,10 @@ class Qwen2VLAdapter(MLLMAdapter):
         The tokenizer's visual tokens and the chat template are checked before the weights load.
         """
         directory = Path(path)
-        if not directory.is_dir():
-            raise FileNotFoundError(f"model directory not found: {directory}")
-        config_file = directory / "config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(f"model directory has no config.json: {config_file}")
+        model_type = checkpoint_model_type(directory, MODEL_CLASSES, f"not a Qwen2-VL checkpoint (expected one of "
+                                                                     f"{sorted(MODEL_CLASSES)})")
         if not (directory / "preprocessor_config.json").is_file():
             raise FileNotFoundError(f"model directory has no preprocessor_config.json (image processor): {directory}")
-        model_type = read_json_file(config_file, ValueError, expect=dict).get("model_type")
-        if model_type not in MODEL_CLASSES:
-            raise ValueError(f"{config_file}: model_type {model_type!r} is not a Qwen2-VL checkpoint "
-                             f"(expected one of {sorted(MODEL_CLASSES)})")
         if family is not None and family != model_type:
             raise ValueError(f"family: {family!r} does not match the checkpoint's model_type {model_type!r}")
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)

@@ -2,22 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from threedrs.config import ModelConfig
-from threedrs.json_files import read_json_file
 from threedrs.models.base import MLLMAdapter
-from threedrs.models.loading import Placement, place_built
-
-
-def check_checkpoint_family(cfg: ModelConfig) -> None:
-    """Refuse, before anything loads, a `model.path` whose config.json names another family than `model.family`."""
-    config = Path(cfg.path) / "config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"model.path: no config.json in {cfg.path}")
-    found = read_json_file(config, ValueError, expect=dict).get("model_type")
-    if found != cfg.family:
-        raise ValueError(f"{config}: model_type is {found!r}, but model.family is {cfg.family!r}")
+from threedrs.models.loading import Placement, checkpoint_model_type, place_built
 
 
 def build_adapter(cfg: ModelConfig, placement: Placement | None = None) -> MLLMAdapter:
@@ -27,8 +14,8 @@ def build_adapter(cfg: ModelConfig, placement: Placement | None = None) -> MLLMA
     `inference_placement`); None = float32 on the CPU with `cfg.attn_implementation`.
     """
     placement = placement or Placement(attn_implementation=cfg.attn_implementation)
-    if cfg.path:
-        check_checkpoint_family(cfg)
+    if cfg.path:  # the folder's family before anything loads, in the words of the config
+        checkpoint_model_type(cfg.path, (cfg.family,), f"but model.family is {cfg.family!r}")
     adapter = _build(cfg, placement)
     if cfg.path is None:
         place_built(adapter.model, placement)
