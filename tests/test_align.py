@@ -168,3 +168,22 @@ def test_grounding_head_scores_and_loss():
     assert head.loss(scores, []).item() == pytest.approx(zero.item(), rel=1e-6)
     with pytest.raises(ValueError, match="out of range"):
         head.loss(scores, [3])
+
+
+def test_align_task_from_config_takes_every_setting():
+    from threedrs.align.task import AlignTask
+    from threedrs.config import load_config
+    from threedrs.models.registry import build_adapter
+
+    cfg = load_config(None, ["align.loss=cosine", "align.weight=0.25", "align.layers=[0,-1]", "align.posenc=false",
+                             "align.grounding_temperature=0.2", "correspondence.voxel=0.3"])
+    task = AlignTask.from_config(build_adapter(cfg.model), 16, cfg)
+    assert (task.loss_name, task.weight, task.layers, task.posenc) == ("cosine", 0.25, (0, -1), False)
+    assert task.grounding.temperature == 0.2 and task.correspondence_voxel == 0.3
+    assert sorted(task.heads) == ["-1", "0"] and task.heads["0"].net[2].out_features == 16
+    baseline = AlignTask.from_config(build_adapter(cfg.model), None, cfg, loss="none")
+    assert baseline.loss_name == "none" and not baseline.heads
+    theirs = load_config(None, ["model.family=llava_onevision", "align.posenc_points=pixel_blocks",
+                                "align.object_features=pixel_share"])
+    task = AlignTask.from_config(build_adapter(theirs.model), 16, theirs)
+    assert (task.posenc_points, task.object_features) == ("pixel_blocks", "pixel_share")

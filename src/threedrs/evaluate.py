@@ -126,10 +126,7 @@ def load_task(cfg: ExperimentConfig, checkpoint: Path | None, placement: Placeme
     head_keys = [k for k in state if re.fullmatch(r"heads\.-?\d+\.net\.2\.weight", k)]
     teacher_dim = int(state[head_keys[0]].shape[0]) if head_keys else None
     loss = cfg.align.loss if (teacher_dim is not None or cfg.align.loss == "correspondence") else "none"
-    task = AlignTask(build_adapter(cfg.model, placement), teacher_dim, loss=loss, weight=cfg.align.weight,
-                     layers=tuple(cfg.align.layers), posenc=cfg.align.posenc,
-                     grounding_temperature=cfg.align.grounding_temperature,
-                     posenc_points=cfg.align.posenc_points, object_features=cfg.align.object_features)
+    task = AlignTask.from_config(build_adapter(cfg.model, placement), teacher_dim, cfg, loss=loss)
     if cfg.model.lora_rank > 0 and saved is None:
         apply_lora(task, cfg)
     if state:

@@ -236,12 +236,7 @@ def _train(cfg: ExperimentConfig, resume: bool, progress: bool, overwrite: bool,
     scenes = sorted({s.scene_id for s in data.dataset.samples})
     main_decides(accelerator, lambda: check_run_data(out, cfg, data.dataset.cache, data.dataset.frame_lists,
                                                      scenes) or 0)
-    task = AlignTask(adapter, data.teacher_channels, loss=cfg.align.loss, weight=cfg.align.weight,
-                     layers=tuple(cfg.align.layers), posenc=cfg.align.posenc,
-                     infonce_temperature=cfg.align.infonce_temperature,
-                     grounding_temperature=cfg.align.grounding_temperature,
-                     correspondence_voxel=cfg.correspondence.voxel, posenc_points=cfg.align.posenc_points,
-                     object_features=cfg.align.object_features)
+    task = AlignTask.from_config(adapter, data.teacher_channels, cfg)
     if is_exported(cfg.model.path):  # an exported or converted folder: start from its heads too
         unused = load_saved_heads(task, read_heads(cfg.model.path), cfg.model.path)
         accelerator.print(f"heads from {cfg.model.path}" + (f" (not used here: {', '.join(unused)})" if unused else ""))

@@ -22,6 +22,7 @@ from threedrs.align.grounding import GroundingHead, object_features, pixel_share
 from threedrs.align.head import AlignmentHead
 from threedrs.align.loss import distillation_loss
 from threedrs.align.posenc import position_encoding
+from threedrs.config import ExperimentConfig
 from threedrs.data.batch import Batch
 from threedrs.data.tasks import COORD_TOKEN, GROUND_TOKEN, GROUNDING_TASKS
 from threedrs.models.base import MLLMAdapter, token_embedding_offsets
@@ -71,6 +72,17 @@ class AlignTask(nn.Module):
         weight = adapter.model.get_input_embeddings().weight
         self.grounding.to(weight.device, weight.dtype)
         self.heads.to(weight.device, weight.dtype)
+
+    @classmethod
+    def from_config(cls, adapter: MLLMAdapter, teacher_dim: int | None, cfg: ExperimentConfig,
+                    loss: str | None = None) -> AlignTask:
+        """The task `cfg` describes (align.*, correspondence.voxel) around `adapter`; `loss` replaces align.loss
+        (evaluating a checkpoint without alignment heads: "none")."""
+        a = cfg.align
+        return cls(adapter, teacher_dim, loss=a.loss if loss is None else loss, weight=a.weight, layers=tuple(a.layers),
+                   posenc=a.posenc, infonce_temperature=a.infonce_temperature,
+                   grounding_temperature=a.grounding_temperature, correspondence_voxel=cfg.correspondence.voxel,
+                   posenc_points=a.posenc_points, object_features=a.object_features)
 
     @property
     def dtype(self) -> torch.dtype:
