@@ -103,3 +103,29 @@ def test_newline_config_is_checked():
         load_config(None, ["model.family=llava_onevision", "model.newline=row"])
     with pytest.raises(ValueError, match="newline: expected one of grid, video, none"):
         LlavaOnevisionAdapter.tiny(newline="row")
+
+
+@pytest.mark.parametrize("cls", [LlavaOnevisionAdapter, LlavaNextVideoAdapter])
+@pytest.mark.parametrize("newline", ["grid", "video", "none"])
+def test_the_model_must_return_exactly_its_grid_and_own_newlines(cls, newline, monkeypatch):
+    """transformers' get_video_features returns the frames' grid tokens then its own newlines (OneVision: one after
+    the video, whatever layout the adapter writes; NeXT-Video: none); a count that differs is an error, not a
+    silently cut tensor."""
+    adapter = cls.tiny(newline=newline)
+    fr = frames()
+    h, w = adapter.token_grid(30, 44)
+    inner = adapter.model.model
+    returned = inner.get_video_features(pixel_values_videos=adapter.pixels(fr), return_dict=True).pooler_output
+    assert returned.shape[1] == 2 * h * w + (1 if cls is LlavaOnevisionAdapter else 0)
+    adapter(fr, PROMPTS, ANSWERS)  # the exact count passes
+    real = inner.get_video_features
+
+    def one_more(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out.pooler_output = torch.cat([out.pooler_output, out.pooler_output[:, -1:]], dim=1)
+        return out
+
+    monkeypatch.setattr(inner, "get_video_features", one_more)
+    with pytest.raises(RuntimeError, match=f"expected {2 * h * w} grid tokens .* the model returned "
+                                           f"{returned.shape[1] + 1}"):
+        adapter(fr, PROMPTS, ANSWERS)

@@ -42,6 +42,8 @@ class LlavaVideoAdapter(PlaceholderAdapter):
 
     config_class: type  # the HF config class
     default_newline: str = "none"  # the newline layout of transformers' own video path for this family
+    # newline embeddings transformers' get_video_features appends after the grid whatever `newline` is (dropped here)
+    model_newlines: int = 0
     default_mean: tuple[float, float, float]  # image mean / std of the family's vision tower (tiny models)
     default_std: tuple[float, float, float]
 
@@ -86,8 +88,9 @@ class LlavaVideoAdapter(PlaceholderAdapter):
                             token_id=self.video_token_id, grid_mask=mask)
 
     def _encode(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
-        """Grid [B, S, h, w, D] from transformers' `get_video_features` (its own newline dropped) and the newline
-        embeddings [B, n, D] of this layout (the checkpoint's `image_newline`, gradients flow to it)."""
+        """Grid [B, S, h, w, D] from transformers' `get_video_features` (exactly S*h*w grid tokens, then its own
+        `model_newlines`, dropped) and the newline embeddings [B, n, D] of this layout (the checkpoint's
+        `image_newline`, gradients flow to it)."""
         b, s = pixels.shape[:2]
         h, w = self.token_grid(1, 1)
         kept: list[Tensor] = []
@@ -100,9 +103,10 @@ class LlavaVideoAdapter(PlaceholderAdapter):
             if hook is not None:
                 hook.remove()
         self._patch_features = kept[0].reshape(b, s, self._patches, self._patches, -1) if kept else None
-        if feats.shape[1] < s * h * w:
+        if feats.shape[1] != s * h * w + self.model_newlines:
             raise RuntimeError(f"video features: expected {s * h * w} grid tokens per sample for {s} frames of "
-                               f"{h}x{w}, the model returned {feats.shape[1]}")
+                               f"{h}x{w} and {self.model_newlines} newline(s) of the model's own, the model returned "
+                               f"{feats.shape[1]}")
         grid = feats[:, :s * h * w].reshape(b, s, h, w, -1)
         count = {"grid": s * h, "video": 1, "none": 0}[self.newline]
         newline = self.model.model.image_newline.to(grid.dtype)

@@ -36,6 +36,7 @@ class LlavaNextVideoAdapter(LlavaVideoAdapter):
     config_class = LlavaNextVideoConfig
     processor_class = LlavaNextImageProcessorPil
     default_newline = "none"  # transformers' LlavaNextVideoModel.get_video_features
+    model_newlines = 0  # its get_video_features returns the grid tokens only
     default_mean = (0.48145466, 0.4578275, 0.40821073)  # CLIP
     default_std = (0.26862954, 0.26130258, 0.27577711)
 

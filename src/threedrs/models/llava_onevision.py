@@ -37,6 +37,7 @@ class LlavaOnevisionAdapter(LlavaVideoAdapter):
     config_class = LlavaOnevisionConfig
     processor_class = LlavaOnevisionImageProcessorPil
     default_newline = "video"  # transformers' LlavaOnevisionModel.get_video_features
+    model_newlines = 1  # get_video_features appends image_newline after the video's tokens
     default_mean = (0.5, 0.5, 0.5)  # SigLIP
     default_std = (0.5, 0.5, 0.5)
 
