@@ -237,7 +237,8 @@ def test_custom_chat_template_is_used_verbatim():
                             "{{- '<video>' if c['type'] == 'video' else c['text'] -}}{%- endfor -%}"
                             "{{- '<|endoftext|>' -}}{%- endfor -%}"
                             "{%- if add_generation_prompt -%}{{- 'assistant> ' -}}{%- endif -%}", "test")
-    adapter = LlavaNextVideoAdapter(base.model, base.tokenizer, base.image_processor, template)
+    builder = LlavaNextVideoAdapter.checked_prompt(base.tokenizer, base.model.config, template, "tokenizer")
+    adapter = LlavaNextVideoAdapter(base.model, base.tokenizer, base.image_processor, builder)
     out = adapter(frames(b=1), PROMPTS[:1], ANSWERS[:1])
     prompt = adapter.tokenizer("user> " + NEXT.visual_text(adapter, 2) + PROMPTS[0] + "<|endoftext|>assistant> ")
     answer = adapter.tokenizer(ANSWERS[0] + "<|endoftext|>")["input_ids"]
@@ -246,6 +247,9 @@ def test_custom_chat_template_is_used_verbatim():
     assert labels[labels != -100].tolist() == answer
     whole = adapter.tokenizer("assistant> " + ANSWERS[0])["input_ids"]
     assert whole[:len(adapter.tokenizer("assistant> ")["input_ids"])] != adapter.tokenizer("assistant> ")["input_ids"]
+    other = LlavaNextVideoAdapter.tiny().tokenizer
+    with pytest.raises(ValueError, match="prompt: built for another tokenizer than the adapter's"):
+        LlavaNextVideoAdapter(base.model, other, base.image_processor, builder)
 
 
 def test_sequence_building_errors():

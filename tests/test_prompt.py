@@ -211,3 +211,23 @@ def test_templates_whose_answer_cannot_be_placed_are_refused():
     tok.eos_token = None
     with pytest.raises(ValueError, match="vicuna: the template closes no assistant turn and the tokenizer has no eos"):
         PromptBuilder(tok, vicuna, "<video>", "video")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_loading_checks_the_tokenizer_and_builds_the_prompt_once(release_checkpoint, family, monkeypatch):
+    """from_pretrained checks the tokenizer and the template before the weights load, and the adapter keeps that
+    prompt builder: neither runs again in the constructor."""
+    from threedrs.models import prompt as prompt_module
+
+    built, checked = [], []
+    real_init = prompt_module.PromptBuilder.__init__
+    monkeypatch.setattr(prompt_module.PromptBuilder, "__init__",
+                        lambda self, *args: built.append(1) or real_init(self, *args))
+    adapter = build_adapter(ModelConfig(family=family))  # the tiny model's class, patched below
+    cls = type(adapter)
+    real_check = cls.check_tokenizer.__func__
+    monkeypatch.setattr(cls, "check_tokenizer", classmethod(lambda c, *args: checked.append(1) or real_check(c, *args)))
+    built.clear()
+    loaded = build_adapter(ModelConfig(family=family, path=str(release_checkpoint(family))))
+    assert len(built) == 1 and len(checked) == 1
+    assert loaded.prompt.template.source.endswith(TEMPLATE_FILE[family])

@@ -22,7 +22,7 @@ from transformers import InternVLConfig, InternVLForConditionalGeneration
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
 from threedrs.models.placeholder import CHATML_TOKENS, PlaceholderAdapter, pooled_edges, tiny_text_config
-from threedrs.models.prompt import ChatTemplate, VisualLayout
+from threedrs.models.prompt import PromptBuilder, VisualLayout
 from threedrs.models.tiny import offline_tokenizer
 
 INTERNVL_TOKENS = CHATML_TOKENS + ["<img>", "</img>", "<IMG_CONTEXT>"]
@@ -38,8 +38,8 @@ class InternVLAdapter(PlaceholderAdapter):
     model_class = InternVLForConditionalGeneration
     processor_class = GotOcr2ImageProcessorPil
 
-    def __init__(self, model: nn.Module, tokenizer, image_processor, template: ChatTemplate | None = None):
-        super().__init__(model, tokenizer, image_processor, template)
+    def __init__(self, model: nn.Module, tokenizer, image_processor, prompt: PromptBuilder | None = None):
+        super().__init__(model, tokenizer, image_processor, prompt)
         size = model.config.vision_config.image_size
         if size[0] != size[1]:
             raise ValueError(f"vision_config.image_size: InternVL tiles are square, got {tuple(size)}")

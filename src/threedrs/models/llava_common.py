@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from threedrs.models.placeholder import CHATML_TOKENS, PlaceholderAdapter, tiny_text_config
-from threedrs.models.prompt import ChatTemplate, VisualLayout
+from threedrs.models.prompt import PromptBuilder, VisualLayout
 from threedrs.models.tiny import offline_tokenizer
 
 LLAVA_TOKENS = CHATML_TOKENS + ["<image>", "<video>"]
@@ -47,12 +47,12 @@ class LlavaVideoAdapter(PlaceholderAdapter):
     default_mean: tuple[float, float, float]  # image mean / std of the family's vision tower (tiny models)
     default_std: tuple[float, float, float]
 
-    def __init__(self, model: nn.Module, tokenizer, image_processor, template: ChatTemplate | None = None,
+    def __init__(self, model: nn.Module, tokenizer, image_processor, prompt: PromptBuilder | None = None,
                  newline: str | None = None, resize: str = "antialias"):
         newline = newline or self.default_newline
         if newline not in NEWLINES:
             raise ValueError(f"newline: expected one of {', '.join(NEWLINES)}, got {newline!r}")
-        super().__init__(model, tokenizer, image_processor, template, resize)
+        super().__init__(model, tokenizer, image_processor, prompt, resize)
         self.newline = newline
         self.video_token_id = int(model.config.video_token_id)
         self.keep_patches = False

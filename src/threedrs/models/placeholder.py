@@ -96,8 +96,9 @@ class PlaceholderAdapter(MLLMAdapter):
     writes for the frames), `check_tokenizer(tokenizer, config, where)`, `_frame_side` (vision input side, pixels),
     `token_grid`, `_edges()`, `_visual_layout(num_frames)`, `_encode(pixels) -> (grid [B,S,h,w,D], extra [B,n,D])`,
     `_encode_extras()` (tensors of the last `_encode` that `forward` returns in `extras`) and `_part_modules()`.
-    template: the chat template (None: the tokenizer's own, else the family default); resize: "antialias" |
-    "pil_bicubic" (module docstring, step 1).
+    prompt: the prompt builder of the checkpoint's chat template, from `checked_prompt` (None: built here from the
+    tokenizer's own template, else the family default); resize: "antialias" | "pil_bicubic" (module docstring,
+    step 1).
     """
 
     model_type: str = ""  # config.json's model_type of the family's checkpoints
@@ -106,7 +107,7 @@ class PlaceholderAdapter(MLLMAdapter):
     placeholder: str = "<video>"  # the text the chat template writes for the frames
     visual_item: str = "video"  # the frames are given to the template as one video
 
-    def __init__(self, model: nn.Module, tokenizer, image_processor, template: ChatTemplate | None = None,
+    def __init__(self, model: nn.Module, tokenizer, image_processor, prompt: PromptBuilder | None = None,
                  resize: str = "antialias"):
         super().__init__()
         if resize not in RESIZES:
@@ -115,9 +116,12 @@ class PlaceholderAdapter(MLLMAdapter):
         self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor
-        self.check_tokenizer(tokenizer, model.config, "tokenizer")
-        template = template or read_chat_template(None, tokenizer, self.family)
-        self.prompt = PromptBuilder(tokenizer, template, self.placeholder, self.visual_item)
+        if prompt is None:
+            prompt = self.checked_prompt(tokenizer, model.config, read_chat_template(None, tokenizer, self.family),
+                                         "tokenizer")
+        elif prompt.tokenizer is not tokenizer:
+            raise ValueError("prompt: built for another tokenizer than the adapter's")
+        self.prompt = prompt
         mean = torch.tensor(image_processor.image_mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(image_processor.image_std, dtype=torch.float32).view(3, 1, 1)
         self.register_buffer("pixel_mean", mean, persistent=False)
@@ -130,6 +134,13 @@ class PlaceholderAdapter(MLLMAdapter):
         raise NotImplementedError
 
     @classmethod
+    def checked_prompt(cls, tokenizer, config, template: ChatTemplate, where: str) -> PromptBuilder:
+        """The prompt builder of `template`, after the tokenizer's visual tokens are checked against `config`
+        (`check_tokenizer`, errors naming `where`) and the template is (PromptBuilder); nothing loads weights."""
+        cls.check_tokenizer(tokenizer, config, where)
+        return PromptBuilder(tokenizer, template, cls.placeholder, cls.visual_item)
+
+    @classmethod
     def from_pretrained(cls, path: str | Path, placement: Placement | None = None, **options) -> PlaceholderAdapter:
         """Load model, tokenizer and image-processor config from a LOCAL checkpoint directory (no downloads).
 
@@ -140,12 +151,11 @@ class PlaceholderAdapter(MLLMAdapter):
         checkpoint_model_type(path, (cls.model_type,), f"expected {cls.model_type!r}")
         path = Path(path)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        cls.check_tokenizer(tokenizer, AutoConfig.from_pretrained(path, local_files_only=True), f"{path}: tokenizer")
-        template = read_chat_template(path, tokenizer, cls.family)
-        PromptBuilder(tokenizer, template, cls.placeholder, cls.visual_item)  # checks the template
+        prompt = cls.checked_prompt(tokenizer, AutoConfig.from_pretrained(path, local_files_only=True),
+                                    read_chat_template(path, tokenizer, cls.family), f"{path}: tokenizer")
         model = load_pretrained(cls.model_class, path, placement or Placement())
         processor = cls.processor_class.from_pretrained(path, local_files_only=True)
-        return cls(model.eval(), tokenizer, processor, template=template, **options)
+        return cls(model.eval(), tokenizer, processor, prompt=prompt, **options)
 
     # ----------------------------------------------------------------- family hooks
     @property

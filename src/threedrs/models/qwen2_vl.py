@@ -56,14 +56,15 @@ class Qwen2VLAdapter(MLLMAdapter):
     model: `Qwen2VLForConditionalGeneration` or `Qwen2_5_VLForConditionalGeneration`; tokenizer: its tokenizer;
     image_processor: a `Qwen2VLImageProcessorPil` (normalisation mean/std, min/max pixels); image_size: (height,
     width) every frame is resized to (multiples of patch_size * merge_size), "native" (the processor's own size per
-    frame) or None (a 14x14 merged-token grid); template: the chat template (None: the tokenizer's own, else the
-    family default).
+    frame) or None (a 14x14 merged-token grid); prompt: the prompt builder of the checkpoint's chat template, from
+    `checked_prompt` (None: built here from the tokenizer's own template, else the family default).
     """
 
     placeholder = "<|image_pad|>"  # what the chat template writes inside each image
+    visual_item = "image"  # each frame is given to the template as one image
 
     def __init__(self, model: nn.Module, tokenizer: object, image_processor: Qwen2VLImageProcessorPil,
-                 image_size: Sequence[int] | str | None = None, template: ChatTemplate | None = None):
+                 image_size: Sequence[int] | str | None = None, prompt: PromptBuilder | None = None):
         super().__init__()
         model_type = model.config.model_type
         if model_type not in MODEL_CLASSES:
@@ -72,7 +73,12 @@ class Qwen2VLAdapter(MLLMAdapter):
         self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor
-        self.check_tokenizer(tokenizer, model.config, "tokenizer")
+        if prompt is None:
+            prompt = self.checked_prompt(tokenizer, model.config, read_chat_template(None, tokenizer, self.family),
+                                         "tokenizer")
+        elif prompt.tokenizer is not tokenizer:
+            raise ValueError("prompt: built for another tokenizer than the adapter's")
+        self.prompt = prompt
         vision = model.config.vision_config
         token_pixels = vision.patch_size * vision.spatial_merge_size
         if image_size == "native":
@@ -85,8 +91,6 @@ class Qwen2VLAdapter(MLLMAdapter):
                                 min_pixels=int(image_processor.size.shortest_edge),
                                 max_pixels=int(image_processor.size.longest_edge))
         self.image_pad = int(model.config.image_token_id)
-        self.prompt = PromptBuilder(tokenizer, template or read_chat_template(None, tokenizer, self.family),
-                                    self.placeholder, "image")
 
     @classmethod
     def check_tokenizer(cls, tokenizer, config, where: str) -> None:
@@ -98,6 +102,13 @@ class Qwen2VLAdapter(MLLMAdapter):
             if vocab[token] != int(getattr(config, key)):
                 raise ValueError(f"{where}: {token!r} has id {vocab[token]}, but the model config's {key} is "
                                  f"{getattr(config, key)}")
+
+    @classmethod
+    def checked_prompt(cls, tokenizer, config, template: ChatTemplate, where: str) -> PromptBuilder:
+        """The prompt builder of `template`, after the tokenizer's visual tokens are checked against `config`
+        (`check_tokenizer`, errors naming `where`) and the template is (PromptBuilder); nothing loads weights."""
+        cls.check_tokenizer(tokenizer, config, where)
+        return PromptBuilder(tokenizer, template, cls.placeholder, cls.visual_item)
 
     # ----------------------------------------------------------------------------------------------- building
     @classmethod
@@ -119,12 +130,11 @@ class Qwen2VLAdapter(MLLMAdapter):
             raise ValueError(f"family: {family!r} does not match the checkpoint's model_type {model_type!r}")
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         config = MODEL_CLASSES[model_type].config_class.from_pretrained(directory, local_files_only=True)
-        cls.check_tokenizer(tokenizer, config, f"{directory}: tokenizer")
-        template = read_chat_template(directory, tokenizer, model_type)
-        PromptBuilder(tokenizer, template, cls.placeholder, "image")  # checks the template
+        prompt = cls.checked_prompt(tokenizer, config, read_chat_template(directory, tokenizer, model_type),
+                                    f"{directory}: tokenizer")
         model = load_pretrained(MODEL_CLASSES[model_type], directory, placement or Placement())
         processor = Qwen2VLImageProcessorPil.from_pretrained(directory, local_files_only=True)
-        return cls(model, tokenizer, processor, image_size=image_size, template=template)
+        return cls(model, tokenizer, processor, image_size=image_size, prompt=prompt)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write model, tokenizer, image processor and the chat template in use (chat_template.jinja) to a
