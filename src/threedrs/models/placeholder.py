@@ -146,7 +146,7 @@ class PlaceholderAdapter(MLLMAdapter):
 
         The tokenizer's visual tokens and the chat template are checked before the weights load.
         placement: dtype, device and attention kernel (models/loading.py; None = float32 on the CPU);
-        options: family options passed to the constructor (LLaVA: `newline`).
+        options: family options passed to the constructor (LLaVA: `newline`, `resize`).
         """
         checkpoint_model_type(path, (cls.model_type,), f"expected {cls.model_type!r}")
         path = Path(path)

@@ -45,8 +45,8 @@ class PixelSpec:
     temporal_patch_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    min_pixels: int = 56 * 56
-    max_pixels: int = 28 * 28 * 1280
+    min_pixels: int
+    max_pixels: int
 
     @property
     def token_pixels(self) -> int:

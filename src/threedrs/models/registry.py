@@ -32,9 +32,9 @@ def _build(cfg: ModelConfig, placement: Placement) -> MLLMAdapter:
             return Qwen2VLAdapter.from_pretrained(cfg.path, family=cfg.family, placement=placement,
                                                   image_size=cfg.image_size)
         return Qwen2VLAdapter.tiny(cfg.family, seed=cfg.tiny_seed, image_size=cfg.image_size or (42, 56))
-    newline = {} if cfg.newline == "auto" else {"newline": cfg.newline}
+    options = {} if cfg.newline == "auto" else {"newline": cfg.newline}  # the LLaVA families' newline and resize
     if cfg.family in ("llava_onevision", "llava_next_video"):
-        newline["resize"] = cfg.resize
+        options["resize"] = cfg.resize
     if cfg.family == "llava_onevision":
         from threedrs.models.llava_onevision import LlavaOnevisionAdapter as cls
     elif cfg.family == "llava_next_video":
@@ -44,9 +44,9 @@ def _build(cfg: ModelConfig, placement: Placement) -> MLLMAdapter:
     else:
         raise ValueError(f"model.family: unknown family {cfg.family!r}")
     if cfg.path:
-        return cls.from_pretrained(cfg.path, placement=placement, **newline)
+        return cls.from_pretrained(cfg.path, placement=placement, **options)
     if cfg.image_size is not None:
         if cfg.image_size[0] != cfg.image_size[1]:
             raise ValueError(f"model.image_size: {cfg.family} takes square frames, got {cfg.image_size}")
-        return cls.tiny(seed=cfg.tiny_seed, image_size=cfg.image_size[0], **newline)
-    return cls.tiny(seed=cfg.tiny_seed, **newline)
+        return cls.tiny(seed=cfg.tiny_seed, image_size=cfg.image_size[0], **options)
+    return cls.tiny(seed=cfg.tiny_seed, **options)
