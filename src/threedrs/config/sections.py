@@ -189,7 +189,7 @@ class AlignConfig:
     posenc_points: Literal["footprint", "pixel_blocks"] = "footprint"
     # grounding candidates: point_in_box = mean input embedding of the tokens whose point is in the box (+ the box
     # centre's encoding); pixel_share = Video-3D LLM / 3DRS's (patch features with >= 50 % of their pixels in the
-    # box + centre encoding, averaged with the last-layer token states with >= 12.5 %; align/object_features.py)
+    # box + centre encoding, averaged with the last-layer token states with >= 12.5 %; align/grounding.py)
     object_features: Literal["point_in_box", "pixel_share"] = "point_in_box"
 
     def validate(self) -> None:
