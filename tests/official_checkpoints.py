@@ -39,8 +39,9 @@ SIZES = dict(hidden=64, intermediate=128, heads=4, kv=2, layers=2, vision_hidden
 VISION = "model.vision_tower.vision_tower.vision_model."
 
 
-def official_config(kind: str, sizes: dict = SIZES) -> dict:
-    """config.json as their training writes it (widths from `sizes`)."""
+def official_config(sizes: dict = SIZES) -> dict:
+    """config.json as their training writes it (widths from `sizes`); the same for both kinds (3DRS shows only in
+    its tensors, `official_shapes`)."""
     pinpoints = [[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)]
     return {
         "_name_or_path": "data/models/LLaVA-Video-7B-Qwen2", "add_faster_video": False,
@@ -153,7 +154,7 @@ def write_official_checkpoint(directory: str | Path, kind: str = "3drs", weights
         raise ValueError(f"kind / weights: got {kind!r}, {weights!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(official_config(kind), indent=2) + "\n")
+    (directory / "config.json").write_text(json.dumps(official_config(), indent=2) + "\n")
     _write_tokenizer(directory)
     tensors = official_tensors(kind, seed)
     names = sorted(tensors)

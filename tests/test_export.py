@@ -187,9 +187,11 @@ def test_a_run_trained_from_the_export_is_evaluated_and_exported_with_its_own_we
                                base + (LORA_ALPHA / LORA_RANK) * b @ a)
 
 
-def test_eval_of_an_export_refuses_a_different_config_before_loading(exported):
+def test_eval_of_an_export_refuses_a_different_config_before_loading(exported, monkeypatch):
     from threedrs.evaluate import load_task, resolve_checkpoint
+    from threedrs.models import registry
 
+    monkeypatch.setattr(registry, "_build", lambda *a: pytest.fail("the model was loaded"))
     work, _, out = exported
     base = [f"model.path={out}"]
     with pytest.raises(ConfigError, match=r"align\.posenc: .* exported from a run with align\.posenc=True"):

@@ -160,13 +160,18 @@ def test_everything_threedrs_adds_follows_the_model_dtype(family, release_checkp
 
 
 def test_the_attention_kernel_reaches_the_model(tmp_path):
+    """model.attn_implementation, through every way a config becomes a model (no placement given, eval's and
+    training's placements), ends up in both towers' configs; the default stays sdpa."""
     cfg = model_cfg("model.family=llava_onevision", "model.attn_implementation=eager")
-    adapter = build_adapter(cfg, Placement(attn_implementation="eager"))
+    adapter = build_adapter(cfg)
     assert adapter.model.config.text_config._attn_implementation == "eager"
     adapter.save_pretrained(tmp_path)
-    loaded = build_adapter(model_cfg("model.family=llava_onevision", f"model.path={tmp_path}"),
-                           Placement(attn_implementation="eager"))
-    assert loaded.model.config.vision_config._attn_implementation == "eager"
+    folder = [f"model.path={tmp_path}", "model.family=llava_onevision"]
+    for extra, kernel in (([], "sdpa"), (["model.attn_implementation=eager"], "eager")):
+        saved = model_cfg(*folder, *extra)
+        for placement in (inference_placement(saved, CPU), training_placement(saved, "no", CPU, "cpu")):
+            config = build_adapter(saved, placement).model.config
+            assert config.vision_config._attn_implementation == config.text_config._attn_implementation == kernel
 
 
 def test_train_refuses_half_precision_master_weights_before_loading(tmp_path, capsys, monkeypatch):

@@ -49,9 +49,11 @@ def test_eval_of_the_converted_folder_on_synthrooms(converted, synthrooms_tiny, 
     assert set(metrics["benchmarks"]) == set(BENCHMARKS)
 
 
-def test_eval_refuses_settings_other_than_theirs(converted, synthrooms_tiny):
+def test_eval_refuses_settings_other_than_theirs_before_loading(converted, synthrooms_tiny, monkeypatch):
     from threedrs.evaluate import load_task
+    from threedrs.models import registry
 
+    monkeypatch.setattr(registry, "_build", lambda *a: pytest.fail("the model was loaded"))
     work, out = converted
     with pytest.raises(ConfigError, match=r"^data\.prompts: .* converted from the authors' checkpoint with "
                                           r"data\.prompts=video3dllm, the config says threedrs; .*official_3drs"):

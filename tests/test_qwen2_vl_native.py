@@ -38,6 +38,10 @@ def test_native_grid_is_the_released_processors(native, size):
     adapter, processor = native
     thw = processor(images=[Image.fromarray(smooth_image(*size))], return_tensors="pt")["image_grid_thw"][0]
     assert adapter.token_grid(*size) == (int(thw[1]) // 2, int(thw[2]) // 2)
+
+
+def test_native_grids_of_known_frame_sizes(native):
+    adapter, _ = native
     assert adapter.token_grid(224, 224) == (8, 8)  # 64 tokens, where the fixed 392x392 default gives 196
     assert adapter.token_grid(968, 1296) == (35, 46)  # ScanNet colour frames: 1610 tokens per frame
 
