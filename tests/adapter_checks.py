@@ -401,7 +401,7 @@ def real_size_grid(adapter_cls, config, tokenizer, processor, frames_count: int 
         model = adapter_cls.model_class(config)
     adapter = adapter_cls(model, tokenizer, processor)
     side = adapter.pixels(torch.zeros(1, 1, 3, 2, 2)).shape[-1]
-    grid, extra = adapter._encode(torch.empty(1, frames_count, 3, side, side, device="meta"))
+    grid, extra, _ = adapter._encode(torch.empty(1, frames_count, 3, side, side, device="meta"))
     return adapter.token_grid(968, 1296), tuple(grid.shape[2:4]), extra.shape[1], side
 
 

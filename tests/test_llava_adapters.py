@@ -261,3 +261,35 @@ def test_sequence_building_errors():
     no_pad = SimpleNamespace(pad_token_id=None, eos_token_id=None)
     with pytest.raises(ValueError, match="tokenizer: has neither a pad nor an eos token"):
         PromptBuilder.pad_id(SimpleNamespace(tokenizer=no_pad))
+
+
+def test_patch_features_are_asked_for_per_call_and_kept_by_no_one():
+    """align.object_features=pixel_share needs the projector's features before pooling: the task asks the adapter's
+    forward for them (AlignTask.adapter_options); building the task changes nothing in the adapter, and nothing
+    holds the features (and their graph) once the caller drops the output."""
+    import gc
+    import weakref
+
+    from adapter_checks import frames
+
+    from threedrs.align.task import AlignTask
+    from threedrs.models.internvl import InternVLAdapter
+
+    adapter = LlavaOnevisionAdapter.tiny()
+    task = AlignTask(adapter, None, loss="none", object_features="pixel_share")
+    fr = frames()
+    assert "patch_features" not in adapter(fr, PROMPTS, ANSWERS).extras
+    seen = []
+    hook = adapter.model.model.multi_modal_projector.register_forward_hook(lambda m, a, out: seen.append(out))
+    out = adapter(fr, PROMPTS, ANSWERS, **task.adapter_options)
+    hook.remove()
+    n = adapter._patches
+    patches = out.extras["patch_features"]
+    assert task.adapter_options == {"patch_features": True} and patches.shape == (2, 2, n, n, adapter.hidden_size)
+    assert torch.equal(patches.reshape(4, n * n, -1), seen[0]) and patches.requires_grad
+    gone = weakref.ref(patches)
+    del out, patches, seen
+    gc.collect()
+    assert gone() is None
+    with pytest.raises(ValueError, match="patch_features: the internvl adapter has no patch features"):
+        InternVLAdapter.tiny()(fr, PROMPTS, patch_features=True)

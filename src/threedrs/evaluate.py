@@ -229,7 +229,7 @@ def _grounding_records(task: AlignTask, cfg: ExperimentConfig, batch: Batch, gt:
     offsets = task.visual_offsets(batch)
     layers = tuple(dict.fromkeys((0, -1) + tuple(cfg.eval.probe_layers if cfg.eval.probe else ())))
     out = adapter(batch.frames, batch.prompts, batch.answers, layers=layers, visual_offsets=offsets,
-                  answer_loss=[False] * len(batch.ids))
+                  answer_loss=[False] * len(batch.ids), **task.adapter_options)
     records = []
     for i, (sid, task_name) in enumerate(zip(batch.ids, batch.tasks)):
         scene_boxes = proposals[batch.scene_ids[i]]  # float64, as in the table: predictions keep its values

@@ -55,8 +55,8 @@ class AlignTask(nn.Module):
                 raise ValueError(f"{posenc_points} / {object_features}: the {adapter.family} adapter has no pixel "
                                  "grid (Video-3D LLM's rules are for llava_onevision)")
         self.posenc_points, self.object_features = posenc_points, object_features
-        if object_features == "pixel_share":
-            adapter.keep_patches = True  # its forward then returns the patch features before pooling
+        # what the adapter's forward must also return for `candidate_features` (pixel_share: the patch features)
+        self.adapter_options = {"patch_features": True} if object_features == "pixel_share" else {}
         dim = adapter.hidden_size
         self.ground_id, self.coord_id = adapter.add_special_tokens([GROUND_TOKEN, COORD_TOKEN])
         self.grounding = GroundingHead(dim, grounding_temperature)
@@ -119,7 +119,7 @@ class AlignTask(nn.Module):
         layers = tuple(dict.fromkeys((0, -1) + self.layers))
         with token_embedding_offsets(self.adapter.model, self.coord_id, self.coord_offsets(batch)):
             out = self.adapter(batch.frames, batch.prompts, batch.answers, layers=layers, visual_offsets=offsets,
-                               answer_loss=[not g for g in grounding])
+                               answer_loss=[not g for g in grounding], **self.adapter_options)
         # keeps every term, and the grounding head, in the graph even when unused (DDP and FSDP need it)
         zero = out.last_hidden.sum() * 0.0 + sum(p.sum() for p in self.grounding.parameters()) * 0.0
         task_terms = [zero] * len(grounding)
@@ -149,7 +149,7 @@ class AlignTask(nn.Module):
         if self.object_features == "pixel_share":
             if batch.pixel_points is None or "patch_features" not in out.extras:
                 raise ValueError("align.object_features=pixel_share: needs the batch's pixel_points and the adapter's "
-                                 "patch features (data/dataset.py pixel_options; adapter.keep_patches)")
+                                 "patch features (data/dataset.py pixel_options; forward(**task.adapter_options))")
             boxes = batch.boxes[b].to(out.last_hidden.device)
             return pixel_share_features(out.extras["patch_features"][b], out.visual.hidden[-1][b],
                                         batch.pixel_points[b], boxes, self.adapter.pixel_grid())

@@ -89,14 +89,15 @@ class InternVLAdapter(PlaceholderAdapter):
         return VisualLayout(items=[{"type": "video"}], expansions=[text], token_id=self.context_id,
                             grid_mask=[True] * (num_frames * h * w))
 
-    def _encode(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+    def _encode(self, pixels: Tensor, patch_features: bool = False) -> tuple[Tensor, Tensor, None]:
+        """Grid [B, S, h, w, D] of the pixel-shuffled tiles, no extras, no patch features."""
         b, s = pixels.shape[:2]
         h, w = self.token_grid(1, 1)
         feats = self.model.model.get_image_features(pixel_values=pixels.flatten(0, 1), return_dict=True).pooler_output
         if feats.shape[1] != h * w:
             raise RuntimeError(f"image features: expected {h * w} tokens per frame, the model returned "
                                f"{feats.shape[1]}")
-        return feats.reshape(b, s, h, w, -1), feats.new_zeros(b, 0, feats.shape[-1])
+        return feats.reshape(b, s, h, w, -1), feats.new_zeros(b, 0, feats.shape[-1]), None
 
     def placeholder_ids(self) -> list[int]:
         """`<img>`, `</img>` and `<IMG_CONTEXT>` ids (generation never emits them)."""

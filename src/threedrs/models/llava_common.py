@@ -13,9 +13,9 @@ Newline embeddings (`newline`, the learned `image_newline` vector of the checkpo
 - "none": no newline (transformers' LLaVA-NeXT-Video video layout).
 The `<video>` run is the grid and newline tokens in that order; newlines are never supervised and get no 3D offset.
 
-`keep_patches = True` makes `forward` also return the projector's features of every vision patch BEFORE pooling,
+`forward(..., patch_features=True)` also returns the projector's features of every vision patch BEFORE pooling,
 `extras["patch_features"]` [B, S, n, n, D] (27 x 27 at 384 / 14): what Video-3D LLM / 3DRS's grounding head pools
-per object (align.object_features=pixel_share).
+per object (align.object_features=pixel_share); asked for per call, kept by nobody but the caller.
 """
 
 from __future__ import annotations
@@ -55,8 +55,6 @@ class LlavaVideoAdapter(PlaceholderAdapter):
         super().__init__(model, tokenizer, image_processor, prompt, resize)
         self.newline = newline
         self.video_token_id = int(model.config.video_token_id)
-        self.keep_patches = False
-        self._patch_features: Tensor | None = None  # [B, S, n, n, D] of the last _encode with keep_patches
 
     @classmethod
     def check_tokenizer(cls, tokenizer, config, where: str) -> None:
@@ -87,22 +85,23 @@ class LlavaVideoAdapter(PlaceholderAdapter):
         return VisualLayout(items=[{"type": "video"}], expansions=["<video>" * len(mask)],
                             token_id=self.video_token_id, grid_mask=mask)
 
-    def _encode(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+    def _encode(self, pixels: Tensor, patch_features: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
         """Grid [B, S, h, w, D] from transformers' `get_video_features` (exactly S*h*w grid tokens, then its own
         `model_newlines`, dropped) and the newline embeddings [B, n, D] of this layout (the checkpoint's
-        `image_newline`, gradients flow to it)."""
+        `image_newline`, gradients flow to it); with `patch_features` the projector's output before pooling
+        [B, S, n, n, D] (module docstring), else None."""
         b, s = pixels.shape[:2]
         h, w = self.token_grid(1, 1)
         kept: list[Tensor] = []
         hook = None
-        if self.keep_patches:  # the projector's output [B*S, n*n, D], before the pooling that follows it
+        if patch_features:  # the projector's output [B*S, n*n, D], before the pooling that follows it
             hook = self.model.model.multi_modal_projector.register_forward_hook(lambda m, a, out: kept.append(out))
         try:
             feats = self.model.model.get_video_features(pixel_values_videos=pixels, return_dict=True).pooler_output
         finally:
             if hook is not None:
                 hook.remove()
-        self._patch_features = kept[0].reshape(b, s, self._patches, self._patches, -1) if kept else None
+        patches = kept[0].reshape(b, s, self._patches, self._patches, -1) if kept else None
         if feats.shape[1] != s * h * w + self.model_newlines:
             raise RuntimeError(f"video features: expected {s * h * w} grid tokens per sample for {s} frames of "
                                f"{h}x{w} and {self.model_newlines} newline(s) of the model's own, the model returned "
@@ -110,10 +109,7 @@ class LlavaVideoAdapter(PlaceholderAdapter):
         grid = feats[:, :s * h * w].reshape(b, s, h, w, -1)
         count = {"grid": s * h, "video": 1, "none": 0}[self.newline]
         newline = self.model.model.image_newline.to(grid.dtype)
-        return grid, newline.expand(b, count, -1)
-
-    def _encode_extras(self) -> dict[str, Tensor]:
-        return {} if self._patch_features is None else {"patch_features": self._patch_features}
+        return grid, newline.expand(b, count, -1), patches
 
     def placeholder_ids(self) -> list[int]:
         """`<image>` and `<video>` ids (generation never emits them)."""

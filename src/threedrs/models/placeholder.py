@@ -94,8 +94,8 @@ class PlaceholderAdapter(MLLMAdapter):
 
     Subclass hooks: `model_type` (config.json's model_type), `placeholder` / `visual_item` (what the chat template
     writes for the frames), `check_tokenizer(tokenizer, config, where)`, `_frame_side` (vision input side, pixels),
-    `token_grid`, `_edges()`, `_visual_layout(num_frames)`, `_encode(pixels) -> (grid [B,S,h,w,D], extra [B,n,D])`,
-    `_encode_extras()` (tensors of the last `_encode` that `forward` returns in `extras`) and `_part_modules()`.
+    `token_grid`, `_edges()`, `_visual_layout(num_frames)`, `_encode(pixels, patch_features) -> (grid [B,S,h,w,D],
+    extra [B,n,D], patches [B,S,n,n,D] or None)` and `_part_modules()`.
     prompt: the prompt builder of the checkpoint's chat template, from `checked_prompt` (None: built here from the
     tokenizer's own template, else the family default); resize: "antialias" | "pil_bicubic" (module docstring,
     step 1).
@@ -168,12 +168,10 @@ class PlaceholderAdapter(MLLMAdapter):
     def _visual_layout(self, num_frames: int) -> VisualLayout:
         raise NotImplementedError
 
-    def _encode(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+    def _encode(self, pixels: Tensor, patch_features: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(grid [B, S, h, w, D], model-made extras [B, n, D], and with `patch_features` the projector's features of
+        every vision patch before pooling [B, S, n, n, D], None when not asked for or the family has none)."""
         raise NotImplementedError
-
-    def _encode_extras(self) -> dict[str, Tensor]:
-        """Tensors of the last `_encode` call that `forward` adds to its `extras` (none by default)."""
-        return {}
 
     def _part_modules(self) -> dict[str, list[nn.Module | nn.Parameter]]:
         raise NotImplementedError
@@ -239,9 +237,10 @@ class PlaceholderAdapter(MLLMAdapter):
         dtype = next(self.model.model.vision_tower.parameters()).dtype
         return x.to(dtype).reshape(b, s, 3, side, side)
 
-    def _inputs(self, frames: Tensor, prompts, answers, visual_offsets: Tensor | None,
-                padding_side: str) -> tuple[TokenBatch, Tensor]:
-        """Token batch and LLM input embeddings [B, L, D] with the visual embeddings (+ offsets) in place."""
+    def _inputs(self, frames: Tensor, prompts, answers, visual_offsets: Tensor | None, padding_side: str,
+                patch_features: bool = False) -> tuple[TokenBatch, Tensor, Tensor | None]:
+        """Token batch, LLM input embeddings [B, L, D] with the visual embeddings (+ offsets) in place, and the
+        patch features of `_encode` (None unless `patch_features`)."""
         b, s, h, w = check_frames(frames)
         prompts = check_texts("prompts", prompts, b)
         answers = None if answers is None else check_texts("answers", answers, b)
@@ -252,7 +251,9 @@ class PlaceholderAdapter(MLLMAdapter):
         tokens = self.prompt.batch(self._visual_layout(s), prompts, answers, padding_side)
         embed = self.model.get_input_embeddings()
         device = embed.weight.device
-        grid, extra = self._encode(self.pixels(frames))
+        grid, extra, patches = self._encode(self.pixels(frames), patch_features)
+        if patch_features and patches is None:
+            raise ValueError(f"patch_features: the {self.family} adapter has no patch features before pooling")
         if visual_offsets is not None:
             grid = grid + visual_offsets.to(grid.device, grid.dtype)
         input_ids = tokens.input_ids.to(device)
@@ -263,7 +264,7 @@ class PlaceholderAdapter(MLLMAdapter):
         if extra.shape[1]:
             embeds = embeds.index_put((rows.expand_as(tokens.extra_index), tokens.extra_index.to(device)),
                                       extra.to(embeds.dtype))
-        return tokens, embeds
+        return tokens, embeds, patches
 
     def _check_layers(self, layers) -> list[int]:
         layers = list(layers)
@@ -275,7 +276,7 @@ class PlaceholderAdapter(MLLMAdapter):
         return layers
 
     def forward(self, frames: Tensor, prompts, answers=None, layers=(-1,),
-                visual_offsets: Tensor | None = None, answer_loss=None) -> AdapterOutput:
+                visual_offsets: Tensor | None = None, answer_loss=None, patch_features: bool = False) -> AdapterOutput:
         """Run the MLLM on frames [B, S, 3, H, W] in [0, 1] and B prompts (and answers).
 
         Returns the mean answer-token cross-entropy (None without answers), the hidden states [B, S, h, w, D] at the
@@ -283,10 +284,13 @@ class PlaceholderAdapter(MLLMAdapter):
         extras: "attention_mask" [B, L], "visual_index" [B, S*h*w] (grid-token positions, frame/row/col order) and,
         with answers, "labels" [B, L] (IGNORE_INDEX except the answer tokens). `answer_loss` (B bools): False keeps
         that sample's answer as input only (lm_loss is None when no answer token is supervised).
+        `patch_features`: also return the projector's features of every vision patch before pooling,
+        extras["patch_features"] [B, S, n, n, D] (LLaVA: what Video-3D LLM's grounding pools per object; ValueError
+        for a family without them); nothing of this call is kept by the adapter.
         """
         layers = self._check_layers(layers)
         b, s, h, w = check_frames(frames)
-        tokens, embeds = self._inputs(frames, prompts, answers, visual_offsets, "right")
+        tokens, embeds, patches = self._inputs(frames, prompts, answers, visual_offsets, "right", patch_features)
         device = embeds.device
         mask = tokens.attention_mask.to(device)
         last = self.num_layers
@@ -306,7 +310,9 @@ class PlaceholderAdapter(MLLMAdapter):
         if labels is not None and (answer_loss is None or any(answer_loss)):
             loss, sample_loss = answer_cross_entropy(self.model.lm_head, states, labels)
         foot = self.footprints(h, w).to(frames.device).unsqueeze(0).repeat(s, 1, 1, 1)
-        extras = {"attention_mask": mask, "visual_index": index, **self._encode_extras()}
+        extras = {"attention_mask": mask, "visual_index": index}
+        if patches is not None:
+            extras["patch_features"] = patches
         if labels is not None:
             extras["labels"] = labels
         return AdapterOutput(lm_loss=loss, visual=VisualTokens(hidden=hidden, footprint=foot), last_hidden=states,
@@ -318,7 +324,7 @@ class PlaceholderAdapter(MLLMAdapter):
         """Greedy answers (special tokens removed, stripped) for frames [B, S, 3, H, W] and B prompts."""
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens: expected a positive integer, got {max_new_tokens!r}")
-        tokens, embeds = self._inputs(frames, prompts, None, visual_offsets, "left")
+        tokens, embeds, _ = self._inputs(frames, prompts, None, visual_offsets, "left")
         out = self.model.generate(inputs_embeds=embeds, attention_mask=tokens.attention_mask.to(embeds.device),
                                   max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                   eos_token_id=self.prompt.stop_ids(), pad_token_id=self.prompt.pad_id(),
