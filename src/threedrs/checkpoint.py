@@ -274,14 +274,15 @@ def model_sha256(folder: Path) -> str:
     return actual
 
 
-def load_model_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+def load_model_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path,
+                       remedy: str = "resume with the run's own model settings") -> None:
     """Load a full state dict saved by `save_checkpoint` (``path``: its file, for messages); keys may be missing
     only where they alias a loaded tensor (tied weights, which the checkpoint stores once). CheckpointError
-    naming the missing and unexpected keys otherwise."""
+    naming the missing and unexpected keys, and ``remedy``, otherwise."""
     result = model.load_state_dict(weights, strict=False)
     live = model.state_dict()
     loaded = {(t.data_ptr(), tuple(t.shape)) for k, t in live.items() if k in weights}
     missing = [k for k in result.missing_keys if (live[k].data_ptr(), tuple(live[k].shape)) not in loaded]
     if missing or result.unexpected_keys:
-        raise CheckpointError(f"{path}: weights do not fit the model (missing {missing[:5]}, unexpected "
-                              f"{result.unexpected_keys[:5]}); resume with the run's own model settings")
+        raise CheckpointError(f"{path}: weights do not fit the configured model (missing {missing[:5]}, unexpected "
+                              f"{result.unexpected_keys[:5]}); {remedy}")

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from threedrs.align.saved_heads import HEAD_PREFIXES, META_FILE, check_export_settings, is_exported, read_heads
 from threedrs.align.task import AlignTask
-from threedrs.checkpoint import model_sha256, newest_checkpoint, read_model_weights
+from threedrs.checkpoint import load_model_weights, model_sha256, newest_checkpoint, read_model_weights
 from threedrs.config import ExperimentConfig
 from threedrs.data.batch import Batch, collate
 from threedrs.data.dataset import Candidates, SceneSampleDataset, pixel_options
@@ -129,13 +129,14 @@ def load_task(cfg: ExperimentConfig, checkpoint: Path | None, placement: Placeme
     task = AlignTask.from_config(build_adapter(cfg.model, placement), teacher_dim, cfg, loss=loss)
     if cfg.model.lora_rank > 0 and saved is None:
         apply_lora(task, cfg)
-    if state:
+    if saved is None and state:
+        load_model_weights(task, state, source, remedy="is model.* the training config?")
+    elif saved is not None:  # the folder's model weights are loaded already: only the heads come from the file
         result = task.load_state_dict(state, strict=False)
-        tied = {"adapter.model.lm_head.weight"}
-        missing = [k for k in result.missing_keys if k not in tied and (saved is None or k.startswith(HEAD_PREFIXES))]
+        missing = [k for k in result.missing_keys if k.startswith(HEAD_PREFIXES)]
         if missing or result.unexpected_keys:
-            raise SceneDataError(f"{source}: weights do not fit the configured model (missing {missing[:5]}, "
-                                 f"unexpected {result.unexpected_keys[:5]}); is model.* the training config?")
+            raise SceneDataError(f"{source}: heads do not fit the configured model (missing {missing[:5]}, "
+                                 f"unexpected {result.unexpected_keys[:5]}); is model.* the exported run's config?")
     return task.eval()
 
 
